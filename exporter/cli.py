@@ -1,10 +1,12 @@
 """``agora-export``: the command line of the agora toolkit.
 
-Every user mistake (missing file, bad FLAME file, bad argument) ends with one ``error:`` line and
-exit status 2, never a traceback.
+Every user mistake (missing file, bad FLAME file, corrupt bundle or checkpoint, bad argument) ends
+with one ``error:`` line and exit status 2, never a traceback, and never a partial output file.
 """
 from __future__ import annotations
 
+import functools
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,6 +23,10 @@ app = typer.Typer(
 )
 
 HEAD_HELP = "Head model: 'builtin' (ships with agora) or the path of your FLAME generic_model.pkl / flame2023.pkl / .npz."
+CHECKPOINT_HELP = "Generator checkpoint (.pt written by agora). Default: an untrained generator from --preset/--init-seed."
+PRESET_HELP = "Generator preset when no checkpoint is given (see `agora-export presets`)."
+INIT_SEED_HELP = "Seed of the untrained generator's random weights (ignored with --checkpoint)."
+TRUNCATION_HELP = "Truncation psi of the identity latent (1 = none)."
 
 
 def fail(message: str) -> None:
@@ -29,9 +35,7 @@ def fail(message: str) -> None:
 
 
 def user_errors(fn):
-    """Turn the user-facing exception types into a one-line error."""
-    import functools
-
+    """Turn the user-facing exception types into a one-line error with exit status 2."""
     from agora_core.safe_pickle import UnsafePickleError
 
     @functools.wraps(fn)
@@ -44,11 +48,34 @@ def user_errors(fn):
     return wrapper
 
 
+def require_suffix(path: Path, suffix: str) -> None:
+    if path.suffix.lower() != suffix:
+        raise AgoraError(f"output must be a {suffix} file, got '{path}'")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise AgoraError(f"cannot write '{path}': '{path.parent}' is not a directory")
+
+
+def load_model(checkpoint: Optional[Path], head: str, preset: str, init_seed: int):
+    """Head model + generator for a command (see :func:`agora_core.checkpoint.build_generator`)."""
+    from agora_core.checkpoint import build_generator
+    from agora_core.head_sources import load_head_model
+
+    model = load_head_model(head)
+    return build_generator(checkpoint, model, preset, init_seed)
+
+
+def identity_cache(gen, seed: int, truncation: float):
+    import torch
+
+    from agora_core.generator import z_from_seed
+
+    with torch.no_grad():
+        return gen.identity(gen.map(z_from_seed(seed, gen.cfg.z_dim), truncation_psi=truncation))
+
+
 @app.command()
 @user_errors
-def presets(
-    head: str = typer.Option("builtin", help=HEAD_HELP),
-) -> None:
+def presets(head: str = typer.Option("builtin", help=HEAD_HELP)) -> None:
     """Print every generator preset: parameter counts of the two branches and the Gaussian count."""
     from agora_core.generator import PRESETS, AgoraGenerator
     from agora_core.head_sources import load_head_model
@@ -67,42 +94,132 @@ def presets(
 def preview(
     out: Path = typer.Argument(..., help="PNG file to write."),
     seed: list[int] = typer.Option([42], "--seed", help="Identity seed(s); repeat for several avatars (one row each)."),
-    preset: str = typer.Option("small", help="Generator preset (see `agora-export presets`)."),
+    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
     head: str = typer.Option("builtin", help=HEAD_HELP),
-    init_seed: int = typer.Option(0, help="Seed of the generator's random initial weights (no trained model yet)."),
-    truncation: float = typer.Option(0.7, min=0.0, max=1.0, help="Truncation psi of the latent."),
+    preset: str = typer.Option("small", help=PRESET_HELP),
+    init_seed: int = typer.Option(0, help=INIT_SEED_HELP),
+    truncation: float = typer.Option(0.7, min=0.0, max=1.0, help=TRUNCATION_HELP),
     size: int = typer.Option(256, min=16, max=2048, help="Image size in pixels."),
     yaw: list[float] = typer.Option([0.0, 35.0], "--yaw", help="Camera yaw(s) in degrees; one column each."),
 ) -> None:
-    """Render the neutral avatar of each seed from a freshly initialised (untrained) generator."""
+    """Render the neutral avatar of each seed (one row per seed, one column per yaw)."""
     import torch
 
-    from agora_core.generator import AgoraGenerator, get_preset, z_from_seed
-    from agora_core.head_sources import load_head_model
     from agora_core.io_utils import image_grid, save_png
     from agora_core.rasterizer import rasterize
     from agora_core.views import portrait_cameras
 
-    if out.suffix.lower() != ".png":
-        raise AgoraError(f"output must be a .png file, got '{out}'")
-    model = load_head_model(head)
-    try:
-        cfg = get_preset(preset)
-    except ValueError as exc:
-        raise AgoraError(str(exc)) from None
-    torch.manual_seed(init_seed)
-    gen = AgoraGenerator(cfg, model).eval()
-    cams = portrait_cameras(model, list(yaw), size=size)
+    require_suffix(out, ".png")
+    gen = load_model(checkpoint, head, preset, init_seed)
+    cams = portrait_cameras(gen.head, list(yaw), size=size)
     tiles = []
     with torch.no_grad():
         for s in seed:
-            w = gen.map(z_from_seed(s, cfg.z_dim), truncation_psi=truncation)
-            gaussians = gen.animate(gen.identity(w))[0]
-            render = rasterize(gaussians, cams, background=torch.ones(3))
-            tiles.extend(render.image.unbind(0))
+            gaussians = gen.animate(identity_cache(gen, s, truncation))[0]
+            tiles.extend(rasterize(gaussians, cams, background=torch.ones(3)).image.unbind(0))
     save_png(image_grid(tiles, columns=len(yaw)), out)
+    source = f"checkpoint {checkpoint}" if checkpoint else f"untrained weights from init seed {init_seed}"
     typer.echo(f"wrote {out} ({len(seed)} avatar(s) x {len(yaw)} view(s), {gen.num_gaussians:,} Gaussians, "
-               f"preset {cfg.name}, untrained weights from init seed {init_seed})")
+               f"preset {gen.cfg.name}, {source})")
+
+
+@app.command()
+@user_errors
+def ply(
+    out: Path = typer.Argument(..., help="PLY file to write (standard 3DGS layout)."),
+    seed: int = typer.Option(42, help="Identity seed."),
+    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    head: str = typer.Option("builtin", help=HEAD_HELP),
+    preset: str = typer.Option("small", help=PRESET_HELP),
+    init_seed: int = typer.Option(0, help=INIT_SEED_HELP),
+    truncation: float = typer.Option(0.7, min=0.0, max=1.0, help=TRUNCATION_HELP),
+) -> None:
+    """Write the neutral avatar of a seed as a 3DGS PLY (x y z, normals, f_dc, f_rest, logit opacity,
+    log scales, wxyz rotation), readable by plyfile and common splat viewers."""
+    import torch
+
+    from exporter.ply import write_ply
+
+    require_suffix(out, ".ply")
+    gen = load_model(checkpoint, head, preset, init_seed)
+    with torch.no_grad():
+        gaussians = gen.animate(identity_cache(gen, seed, truncation))[0]
+    write_ply(gaussians, out)
+    typer.echo(f"wrote {out} ({gaussians.count:,} Gaussians, {out.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+@user_errors
+def onnx(
+    out: Path = typer.Argument(..., help="ONNX file to write."),
+    seed: int = typer.Option(42, help="Identity seed whose cached canonical attributes are baked in."),
+    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    head: str = typer.Option("builtin", help=HEAD_HELP),
+    preset: str = typer.Option("small", help=PRESET_HELP),
+    init_seed: int = typer.Option(0, help=INIT_SEED_HELP),
+    truncation: float = typer.Option(0.7, min=0.0, max=1.0, help=TRUNCATION_HELP),
+    opset: int = typer.Option(17, min=13, max=21, help="ONNX opset."),
+    features_out: Optional[Path] = typer.Option(None, help="Also save the identity inputs (w, features) as .npz."),
+) -> None:
+    """Export the full AGORA expression path (deformation branch, blendshapes, jaw LBS, 3D lifting,
+    composition) of one identity for onnxruntime: inputs condition/features/w, outputs Gaussians.
+    Validated with onnx.checker and matched against PyTorch in onnxruntime."""
+    import numpy as np
+
+    from agora_core.io_utils import atomic_write
+    from exporter.onnx_export import export_expression_path
+
+    require_suffix(out, ".onnx")
+    gen = load_model(checkpoint, head, preset, init_seed)
+    cache = identity_cache(gen, seed, truncation)
+    info = export_expression_path(gen, cache, out, opset=opset)
+    if features_out is not None:
+        with atomic_write(features_out) as f:
+            np.savez(f, w=cache.w.numpy(), features=cache.features.numpy())
+    typer.echo(f"wrote {out} ({info.size_bytes / 1e6:.1f} MB, {info.num_gaussians:,} Gaussians, "
+               f"condition of {info.condition_dim} values, opset {info.opset})")
+
+
+@app.command()
+@user_errors
+def inspect(
+    bundle: Path = typer.Argument(..., help=".agm bundle to inspect."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+) -> None:
+    """Show an .agm bundle's header, sections (with CRC status), sizes and fidelity report."""
+    from exporter.agm import inspect_agm
+
+    if not bundle.is_file():
+        raise AgoraError(f"bundle not found: {bundle}")
+    report = inspect_agm(bundle)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(format_inspection(report))
+    if not report.get("valid", False):
+        fail(f"{bundle}: {report.get('error')}")
+
+
+def format_inspection(report: dict) -> str:
+    """Human-readable text of :func:`exporter.agm.inspect_agm`'s report."""
+    sizes = report.get("sizes", {})
+    lines = [
+        f"{report['path']}: .agm {report['version']}, {'valid' if report['valid'] else 'INVALID'}",
+        f"Gaussians {report.get('gaussian_count')}, identities {len(report.get('identities') or [])}, "
+        f"parameters {len(report.get('parameters') or [])}, quantization {json.dumps(report.get('quantization'))}",
+        "groups: " + ", ".join(f"{g.get('name')} K={g.get('rank')}" for g in report.get("groups") or []),
+        f"size {sizes.get('total', 0) / 1e6:.2f} MB = {sizes.get('bytes_per_gaussian', 0):.1f} B/Gaussian "
+        f"(bases {sizes.get('basis_bytes_per_gaussian', 0):.1f} B/Gaussian)",
+        f"{'section':<28} {'dtype':>5} {'shape':>18} {'bytes':>12}  crc",
+    ]
+    for s in report.get("sections", []):
+        crc = {True: "ok", False: "BAD", None: "n/a"}[s.get("crc_ok")]
+        lines.append(f"{str(s.get('name')):<28} {str(s.get('dtype')):>5} {str(s.get('shape')):>18} {s.get('bytes') or 0:>12,}  {crc}")
+    if report.get("fidelity"):
+        lines.append("fidelity: " + json.dumps(report["fidelity"]))
+    if report.get("provenance"):
+        lines.append("provenance: " + json.dumps(report["provenance"]))
+    return "\n".join(lines)
 
 
 def main() -> None:  # pragma: no cover - entry point

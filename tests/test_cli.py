@@ -37,3 +37,29 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         assert message in result.output
         assert "Traceback" not in result.output
         assert not (tmp_path / "a.png").exists()
+
+
+def test_ply_and_onnx_commands_write_valid_files(tmp_path):
+    from exporter.ply import read_ply
+
+    ply = tmp_path / "a.ply"
+    result = runner.invoke(app, ["ply", "--seed", "4", "--preset", "tiny", str(ply)])
+    assert result.exit_code == 0, result.output
+    assert read_ply(ply).count > 100
+    onnx_path = tmp_path / "a.onnx"
+    result = runner.invoke(app, ["onnx", "--preset", "tiny", "--features-out", str(tmp_path / "id.npz"), str(onnx_path)])
+    assert result.exit_code == 0, result.output
+    import onnx
+
+    onnx.checker.check_model(str(onnx_path))
+    assert set(np.load(tmp_path / "id.npz").files) == {"w", "features"}
+
+
+def test_corrupt_inputs_to_commands_are_one_line_errors(tmp_path):
+    junk = tmp_path / "junk.agm"
+    junk.write_bytes(b"not a bundle at all" * 4)
+    result = runner.invoke(app, ["inspect", str(junk)])
+    assert result.exit_code == 2 and "bad magic" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["ply", "--checkpoint", str(junk), str(tmp_path / "x.ply")])
+    assert result.exit_code == 2 and "not a checkpoint" in result.output
+    assert not (tmp_path / "x.ply").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -180,6 +181,97 @@ def onnx(
                f"condition of {info.condition_dim} values, opset {info.opset})")
 
 
+class Quant(str, Enum):
+    int8 = "int8"
+    fp16 = "fp16"
+
+
+@app.command()
+@user_errors
+def bundle(
+    out: Path = typer.Argument(..., help=".agm bundle to write."),
+    seed: list[int] = typer.Option([42], "--seed", help="Identity seed(s); repeat for a multi-identity bundle sharing one set of bases."),
+    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    head: str = typer.Option("builtin", help=HEAD_HELP),
+    preset: str = typer.Option("small", help=PRESET_HELP),
+    init_seed: int = typer.Option(0, help=INIT_SEED_HELP),
+    truncation: float = typer.Option(0.7, min=0.0, max=1.0, help=TRUNCATION_HELP),
+    samples: int = typer.Option(1024, min=2, help="N: (identity, expression) tuples sampled for the SVD."),
+    rank: int = typer.Option(64, min=1, help="K: blendshapes kept per attribute group (xyz, scale, rotation, opacity)."),
+    quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),
+    sparse: bool = typer.Option(True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."),
+    sparse_tolerance: float = typer.Option(1.0, min=0.0, help="With --sparse: multiplier of the visibility tolerances "
+                                           "(0.1 mm, 1 % scale, 0.005 quaternion, 0.005 opacity RMS change); 0 keeps every moving Gaussian."),
+    epochs: int = typer.Option(400, min=1, help="Training epochs of the coefficient MLP."),
+    mlp_hidden: str = typer.Option("256,512", help="Hidden widths of the coefficient MLP, comma separated."),
+    centre: bool = typer.Option(False, "--centre/--no-centre", help="Mean-centre residuals before the SVD (off: zero coefficients give exactly the neutral avatar)."),
+    prior_file: Optional[Path] = typer.Option(None, help="Expression prior from fitted parameters (.npy, N x D) instead of the built-in prior."),
+    progress_dir: Optional[Path] = typer.Option(None, help="Save progress here; re-running the same command resumes from it."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Extract AGORA-M (Gaussian blendshapes + coefficient MLP) from the generator and write one
+    compact .agm bundle: neutral Gaussians per identity, shared bases, the MLP with each identity
+    folded into its first-layer bias, and a fidelity report measured on held-out expressions."""
+    import time
+
+    from agora_core.checkpoint import file_sha256
+    from agora_core.extraction import ExtractionConfig, extract_agora_m
+    from exporter.bundle import build_bundle, sparsify, stored_fidelity
+    from exporter.agm import read_agm, write_agm
+
+    t0 = time.perf_counter()
+    require_suffix(out, ".agm")
+    try:
+        hidden = tuple(int(x) for x in mlp_hidden.split(","))
+    except ValueError:
+        raise AgoraError(f"--mlp-hidden must be comma-separated integers, got '{mlp_hidden}'") from None
+    if rank > samples:
+        raise AgoraError(f"--rank {rank} is larger than --samples {samples}: an SVD of {samples} rows has at most {samples} components")
+    config = ExtractionConfig(num_samples=samples, rank=rank, seeds=tuple(seed), truncation=truncation, epochs=epochs,
+                              mlp_hidden=hidden, centre=centre, progress_dir=str(progress_dir) if progress_dir else None,
+                              prior="file" if prior_file else "auto", prior_file=str(prior_file) if prior_file else None).validate()
+    gen = load_model(checkpoint, head, preset, init_seed)
+    result = extract_agora_m(gen, config, progress=not quiet)
+    provenance = {"checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
+                  "init_seed": None if checkpoint else init_seed}
+    agm = build_bundle(result, gen, provenance)
+    if sparse:
+        sparsify(agm, result, sparse_tolerance)
+    options = dict(quant=quant.value)
+    # write once, measure the stored (quantised/sparse) bundle, then write the file with its own report
+    probe = out.with_name(f".{out.name}.probe")
+    try:
+        write_agm(agm, probe, **options)
+        agm.fidelity["stored"] = stored_fidelity(read_agm(probe), result, gen)
+    finally:
+        probe.unlink(missing_ok=True)
+    stats = write_agm(agm, out, **options)
+    elapsed = time.perf_counter() - t0
+    typer.echo(bundle_summary(out, result, agm, stats, elapsed))
+
+
+def bundle_summary(out: Path, result, agm, stats, elapsed: float) -> str:
+    ev = ", ".join(f"{g} {100 * v:.1f}%" for g, v in result.explained_variance.items())
+    rep = result.mlp_report
+    val_attr = ", ".join(f"{g} {v:.2e}" for g, v in (rep.val_attribute_mse or {}).items())
+    stored = agm.fidelity.get("stored", {})
+    unq = agm.fidelity.get("unquantized", {})
+    lines = [
+        f"wrote {out}",
+        f"  Gaussians {result.num_gaussians:,} x {len(agm.identities)} identity(ies), K = {result.ranks}",
+        f"  explained variance: {ev}",
+        f"  MLP MSE (coefficient space): train {rep.train_mse:.3g}, val {rep.val_mse if rep.val_mse is not None else float('nan'):.3g}"
+        f" (best epoch {rep.best_epoch}); val attribute MSE: {val_attr}",
+    ]
+    if "render_psnr_agora_m" in unq:
+        lines.append(f"  render PSNR vs full AGORA (held-out): {unq['render_psnr_agora_m']:.2f} dB unquantised, "
+                     f"{stored.get('render_psnr', float('nan')):.2f} dB as stored (neutral avatar: {unq['render_psnr_neutral']:.2f} dB)")
+    lines.append(f"  size {stats.total_bytes / 1e6:.2f} MB = {stats.bytes_per_gaussian:.1f} B/Gaussian "
+                 f"(bases {stats.basis_bytes_per_gaussian:.1f} B/Gaussian, kept {', '.join(f'{g} {100 * f:.0f}%' for g, f in stats.kept_fraction.items())})")
+    lines.append(f"  time {elapsed:.1f} s")
+    return "\n".join(lines)
+
+
 @app.command()
 @user_errors
 def inspect(
@@ -220,6 +312,27 @@ def format_inspection(report: dict) -> str:
     if report.get("provenance"):
         lines.append("provenance: " + json.dumps(report["provenance"]))
     return "\n".join(lines)
+
+
+@app.command()
+@user_errors
+def serve(
+    bundles: list[Path] = typer.Argument(..., help=".agm bundle(s) to serve; the first one opens by default."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on: 127.0.0.1 (this machine only) or 0.0.0.0 "
+                                               "(your network: prints the LAN URL and a QR code for a phone)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: any free port)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Validate every bundle before serving."),
+) -> None:
+    """Serve the WebGL2 viewer and the given .agm bundle(s) (nothing else) until Ctrl-C."""
+    from exporter.agm import read_agm
+    from webviewer import server
+
+    for path in bundles:
+        if not path.is_file():
+            raise AgoraError(f"bundle not found: {path}")
+        if check:
+            read_agm(path)
+    server.serve(bundles, host=host, port=port, echo=typer.echo)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -1,0 +1,54 @@
+"""Shared helpers of the benchmark scripts: timing, machine description, tables and JSON results."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def timed(fn: Callable[[], object], warmup: int = 2, repeats: int = 10, sync: Callable[[], None] = lambda: None) -> dict:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls: median, p95, min and all samples."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {"median_s": statistics.median(samples), "p95_s": p95, "min_s": ordered[0], "samples_s": samples}
+
+
+def machine_info() -> dict:
+    return {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(v: object) -> str:
+        return f"{v:,.4g}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else str(v))
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, data: dict, out: Path | None = None) -> Path:
+    """Write ``data`` (plus machine info) as JSON to ``benchmarks/results/<name>.json`` or ``out``."""
+    path = out or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **data}
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    return path

@@ -1,0 +1,141 @@
+"""Per-frame reenactment latency with a cached identity, on the CPU.
+
+Run with ``python -m benchmarks.reenactment_latency`` (``--help`` for options). For each preset the
+identity branch runs once (seed 42), then every frame of a driving sequence (conditions from the
+head's expression prior) is animated three ways:
+
+* **full AGORA, PyTorch** - ``AgoraGenerator.animate``: deformation branch + head-model LBS + lifting;
+* **full AGORA, onnxruntime** - the same path exported by ``agora-export onnx`` (CPU provider);
+* **AGORA-M blend, PyTorch** - coefficient MLP + ``neutral + sum_k c_k U_k`` for the four groups
+  + constraints.
+
+The blend's cost depends only on the shapes (K, G, MLP widths), not on the values: with ``--bundle``
+a real ``.agm`` of the same Gaussian count is used, otherwise random bases of the bundle's shapes.
+Writes ``benchmarks/results/reenactment_latency.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agora_core.checkpoint import build_generator
+from agora_core.expression_prior import ExpressionPrior
+from agora_core.generator import Condition, z_from_seed
+from agora_core.head_sources import load_head_model
+from benchmarks.common import markdown_table, timed, write_results
+
+GROUP_DIMS = {"xyz": 3, "scale": 3, "rotation": 4, "opacity": 1}
+
+
+class TorchBlend:
+    """AGORA-M at run time in PyTorch: MLP -> coefficients -> one matmul per group -> constraints."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor, float | None]], neutral: dict[str, torch.Tensor],
+                 bases: dict[str, torch.Tensor]):
+        self.layers = layers  # (weight [out,in], bias [out], leaky slope or None)
+        self.neutral = {g: v.reshape(-1) for g, v in neutral.items()}
+        self.bases = {g: b.reshape(b.shape[0], -1) for g, b in bases.items()}  # [K, G d]
+        self.ranks = [self.bases[g].shape[0] for g in GROUP_DIMS]
+
+    @classmethod
+    def from_bundle(cls, path: Path, identity: int = 0) -> "TorchBlend":
+        from exporter.agm import read_agm
+
+        b = read_agm(path)
+        ident = b.identities[identity]
+        layers = [(torch.from_numpy(l.weight), torch.from_numpy(ident.mlp_bias0 if j == 0 else l.bias),
+                   l.negative_slope if l.activation == "leaky_relu" else None) for j, l in enumerate(b.mlp.layers)]
+        n = ident.neutral
+        neutral = {"xyz": n.means, "scale": n.scales, "rotation": n.quats, "opacity": n.opacities}
+        bases = {g: torch.from_numpy(b.bases[g].dense(b.gaussian_count)) for g in GROUP_DIMS}
+        return cls(layers, neutral, bases)
+
+    @classmethod
+    def random(cls, G: int, P: int, K: int, hidden: tuple[int, ...] = (256, 512), seed: int = 0) -> "TorchBlend":
+        g = torch.Generator().manual_seed(seed)
+        widths = [P, *hidden, 4 * K]
+        layers = [(torch.randn(o, i, generator=g) / i ** 0.5, torch.zeros(o), 0.2 if j < len(hidden) else None)
+                  for j, (i, o) in enumerate(zip(widths[:-1], widths[1:]))]
+        neutral = {k: torch.rand(G, d, generator=g) for k, d in GROUP_DIMS.items()}
+        bases = {k: torch.randn(K, G, d, generator=g) * 1e-3 for k, d in GROUP_DIMS.items()}
+        return cls(layers, neutral, bases)
+
+    @torch.no_grad()
+    def __call__(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = params
+        for W, b, slope in self.layers:
+            h = torch.nn.functional.linear(h, W, b)
+            if slope is not None:
+                h = torch.nn.functional.leaky_relu(h, slope)
+        out = {}
+        for (g, d), c in zip(GROUP_DIMS.items(), h.split(self.ranks)):
+            out[g] = torch.addmv(self.neutral[g], self.bases[g].T, c).reshape(-1, d)
+        out["scale"] = out["scale"].clamp_min(1e-5)
+        out["rotation"] = out["rotation"] / out["rotation"].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        out["opacity"] = out["opacity"].clamp(0.0, 1.0)
+        return out
+
+
+def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None, warmup: int) -> dict:
+    import onnxruntime as ort
+
+    from exporter.onnx_export import export_expression_path, onnx_feeds
+
+    torch.manual_seed(0)
+    gen = build_generator(None, head, preset)
+    with torch.no_grad():
+        cache = gen.identity(gen.map(z_from_seed(42, gen.cfg.z_dim), truncation_psi=0.7))
+    conds = ExpressionPrior.for_head(head).sample(range(frames), seed=1)
+    G = gen.num_gaussians
+    it = iter(range(10**9))
+
+    def next_cond() -> torch.Tensor:
+        return conds[next(it) % frames:][:1]
+
+    with torch.no_grad():
+        full = timed(lambda: gen.animate(cache, Condition.from_vector(next_cond(), head.num_expression)), warmup, frames)
+    with tempfile.TemporaryDirectory() as tmp:
+        info = export_expression_path(gen, cache, Path(tmp) / "path.onnx")
+        session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
+        onnx_t = timed(lambda: session.run(None, onnx_feeds(cache, next_cond())), warmup, frames)
+    used_bundle = bundle is not None
+    blend = TorchBlend.from_bundle(bundle) if used_bundle else TorchBlend.random(G, head.condition_dim, rank)
+    if blend.neutral["xyz"].numel() != 3 * G:
+        raise SystemExit(f"--bundle has {blend.neutral['xyz'].numel() // 3} Gaussians, preset {preset} has {G}")
+    agm = timed(lambda: blend(next_cond()[0]), warmup, frames)
+    return {"preset": preset, "gaussians": G, "frames": frames, "rank": rank, "blend_bases": "bundle" if used_bundle else "random",
+            "onnx_mb": info.size_bytes / 1e6, "full_pytorch": full, "full_onnxruntime": onnx_t, "agora_m_blend": agm}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["small", "paper-256"])
+    ap.add_argument("--head", default="builtin")
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--bundle", type=Path, default=None, help="a real .agm for the first preset's blend")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    head = load_head_model(args.head)
+    results = [bench_preset(p, head, args.frames, args.rank, args.bundle if i == 0 else None, args.warmup)
+               for i, p in enumerate(args.presets)]
+    ms = lambda r, k: 1e3 * r[k]["median_s"]  # noqa: E731
+    rows = [[r["preset"], r["gaussians"], f"{ms(r, 'full_pytorch'):.1f}", f"{ms(r, 'full_onnxruntime'):.1f}",
+             f"{ms(r, 'agora_m_blend'):.2f}", f"{ms(r, 'full_pytorch') / ms(r, 'agora_m_blend'):.0f}x",
+             f"{ms(r, 'full_onnxruntime') / ms(r, 'agora_m_blend'):.0f}x"] for r in results]
+    text = markdown_table(["preset", "Gaussians", "full AGORA PyTorch ms", "full AGORA onnxruntime ms",
+                           "AGORA-M blend ms", "speed-up vs PyTorch", "speed-up vs ORT"], rows)
+    print(text)
+    print(f"\nmedians of {args.frames} frames after {args.warmup} warm-up frames, torch threads {torch.get_num_threads()}")
+    out = write_results("reenactment_latency", {"results": results, "table_markdown": text}, args.out)
+    print(f"wrote {out}")
+    return {"results": results}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""`agora-export bundle`: the main job, end to end on the tiny preset."""
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from exporter.agm import read_agm
+from exporter.cli import app
+
+runner = CliRunner()
+FAST = ["--preset", "tiny", "--samples", "48", "--rank", "6", "--epochs", "30", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def two_identity_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "two.agm"
+    result = runner.invoke(app, ["bundle", "--seed", "42", "--seed", "7", *FAST, str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_bundle_writes_a_valid_multi_identity_file_with_its_report(two_identity_bundle):
+    out, output = two_identity_bundle
+    for text in ("explained variance", "render PSNR", "B/Gaussian", "time"):
+        assert text in output
+    b = read_agm(out)
+    assert [i.seed for i in b.identities] == [42, 7]
+    assert b.ranks == {"xyz": 6, "scale": 6, "rotation": 6, "opacity": 6}
+    assert b.parameter_names[:2] == sorted(b.parameter_names[:52])[:2]  # ARKit names of the built-in head
+    assert b.parameter_names[-5:] == ["jaw_x", "jaw_y", "jaw_z", "eyelid_l", "eyelid_r"]
+    assert b.provenance["seeds"] == [42, 7] and b.provenance["init_seed"] == 0
+    stored, unq = b.fidelity["stored"], b.fidelity["unquantized"]
+    assert np.isfinite(stored["render_psnr"]) and np.isfinite(unq["render_psnr_agora_m"])
+    assert set(b.fidelity["explained_variance"]) == {"xyz", "scale", "rotation", "opacity"}
+    # the identities share the bases but not their neutral avatars or folded biases
+    assert not np.allclose(b.identities[0].mlp_bias0, b.identities[1].mlp_bias0)
+    assert not np.allclose(b.identities[0].neutral.sh.numpy(), b.identities[1].neutral.sh.numpy())
+
+
+def test_jaw_parameter_opens_the_mouth_in_the_bundle(two_identity_bundle):
+    b = read_agm(two_identity_bundle[0])
+    closed = b.animate({}, identity=0).means.numpy()
+    opened = b.animate({"jaw_x": 0.3}, identity=0).means.numpy()
+    moved = np.linalg.norm(opened - closed, axis=1)
+    assert moved.max() > 3e-3  # millimetres of jaw motion, in metres
+    assert np.median(moved) < moved.max() / 10  # most of the head stays put
+
+
+def test_inspect_reports_the_bundle(two_identity_bundle):
+    result = runner.invoke(app, ["inspect", str(two_identity_bundle[0])])
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output and "bases/xyz/values" in result.output and "BAD" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rank", "99", "--samples", "10"], "larger than --samples"),
+    (["--mlp-hidden", "12,x"], "--mlp-hidden"),
+    (["--head", "no-such-flame.pkl"], "not found"),
+])
+def test_bad_bundle_arguments_are_one_line_errors(tmp_path, args, message):
+    out = tmp_path / "x.agm"
+    result = runner.invoke(app, ["bundle", "--preset", "tiny", *args, str(out)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_unwritable_output_is_an_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["bundle", *FAST, str(blocker / "out.agm")])
+    assert result.exit_code == 2 and "not a directory" in result.output

@@ -1,0 +1,422 @@
+// Reader of the .agm bundle format, version 1.x (docs/agm-format.md; Python twin: exporter/agm.py).
+//
+// readAgm(arrayBuffer, label) validates everything the spec's "Validation" section lists and
+// returns typed-array views into the buffer (no copies). Any problem throws AgmFormatError with
+// a one-line message naming the file, worded like the Python reader's.
+
+export const MAGIC = [0x89, 0x41, 0x47, 0x4d, 0x0d, 0x0a, 0x1a, 0x0a];
+export const VERSION_MAJOR = 1;
+const PREAMBLE_SIZE = 32;
+const ALIGN = 64;
+const MAX_SHAPE_DIMS = 8;
+export const GROUPS = [["xyz", 3], ["scale", 3], ["rotation", 4], ["opacity", 1]];
+const PARAMETER_GROUPS = ["expression", "jaw", "eyelids", "neck", "eyes"];
+const ACTIVATIONS = ["leaky_relu", "none"];
+const DTYPE_SIZE = { f32: 4, f16: 2, i8: 1, u32: 4 };
+const QUANT_DTYPE = { fp16: "f16", int8: "i8" };
+const CONSTRAINT_KEYS = ["scale_min", "opacity_min", "opacity_max"];
+
+export class AgmFormatError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "AgmFormatError";
+  }
+}
+
+// ---------------------------------------------------------------------------------------- CRC-32
+const CRC_TABLES = (() => {
+  const t = new Uint32Array(256 * 4);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  for (let n = 0; n < 256; n++) {
+    let c = t[n];
+    for (let s = 1; s < 4; s++) {
+      c = t[c & 0xff] ^ (c >>> 8);
+      t[s * 256 + n] = c >>> 0;
+    }
+  }
+  return t;
+})();
+
+/** CRC-32 (zlib/IEEE) of bytes[start, end) (slice-by-4). */
+export function crc32(bytes, start = 0, end = bytes.length) {
+  const t = CRC_TABLES;
+  let c = 0xffffffff;
+  let i = start;
+  // align to 4 bytes, then 4 bytes per step
+  while (i < end && (bytes.byteOffset + i) & 3) c = t[(c ^ bytes[i++]) & 0xff] ^ (c >>> 8);
+  const words = Math.max(0, (end - i) >> 2);
+  if (words > 0) {
+    const u32 = new Uint32Array(bytes.buffer, bytes.byteOffset + i, words);
+    for (let w = 0; w < words; w++) {
+      c ^= u32[w];
+      c = t[768 + (c & 0xff)] ^ t[512 + ((c >>> 8) & 0xff)] ^ t[256 + ((c >>> 16) & 0xff)] ^ t[c >>> 24];
+    }
+    i += words * 4;
+  }
+  while (i < end) c = t[(c ^ bytes[i++]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+// ------------------------------------------------------------------------------------ validation
+// Python's repr of a JSON value (strings in single quotes, True/False/None), cut like reprlib, so
+// the messages read like the Python reader's.
+function pyRepr(value, depth = 0) {
+  if (value === null || value === undefined) return "None";
+  if (value === true) return "True";
+  if (value === false) return "False";
+  if (typeof value === "number") return Number.isInteger(value) && !Object.is(value, -0) ? String(value) : pyFloat(value);
+  if (typeof value === "string") {
+    const v = value.length > 30 ? value.slice(0, 12) + "..." + value.slice(-13) : value;
+    return v.includes("'") && !v.includes('"') ? `"${v}"` : `'${v.replace(/'/g, "\\'")}'`;
+  }
+  if (depth >= 2) return Array.isArray(value) ? "[...]" : "{...}";
+  if (Array.isArray(value)) {
+    const items = value.slice(0, 4).map((v) => pyRepr(v, depth + 1));
+    return `[${items.join(", ")}${value.length > 4 ? ", ..." : ""}]`;
+  }
+  const keys = Object.keys(value).sort();
+  const items = keys.slice(0, 3).map((k) => `${pyRepr(k, depth + 1)}: ${pyRepr(value[k], depth + 1)}`);
+  return `{${items.join(", ")}${keys.length > 3 ? ", ..." : ""}}`;
+}
+
+function pyFloat(x) {
+  if (Number.isNaN(x)) return "nan";
+  if (!Number.isFinite(x)) return x > 0 ? "inf" : "-inf";
+  const s = String(x);
+  return /[.e]/.test(s) ? s.replace("e+", "e+").replace(/e(-?)(\d)$/, "e$10$2") : s + ".0";
+}
+
+function short(value) {
+  const text = pyRepr(value);
+  return text.length <= 60 ? text : text.slice(0, 57) + "...";
+}
+
+class Checker {
+  constructor(label) {
+    this.label = label;
+  }
+  fail(message) {
+    throw new AgmFormatError(`${this.label}: ${message}`);
+  }
+  isKind(value, kind) {
+    switch (kind) {
+      case "int": return typeof value === "number" && Number.isSafeInteger(value);
+      case "number": return typeof value === "number" && Number.isFinite(value);
+      case "str": return typeof value === "string";
+      case "bool": return typeof value === "boolean";
+      case "list": return Array.isArray(value);
+      case "dict": return value !== null && typeof value === "object" && !Array.isArray(value);
+    }
+    return false;
+  }
+  get(obj, key, kind, where, { nullable = false, optional = false, minimum = null, maximum = null } = {}) {
+    const names = { int: "an integer", number: "a finite number", str: "a string", bool: "true/false",
+      list: "a list", dict: "an object" };
+    if (!Object.prototype.hasOwnProperty.call(obj, key)) {
+      if (optional) return undefined;
+      this.fail(where === "header" ? `header: missing the key '${key}'` : `header: ${where} is missing the key '${key}'`);
+    }
+    const value = obj[key];
+    const path = where === "header" ? `'${key}'` : where.startsWith("section ") ? `${where} ${key}` : `${where}.${key}`;
+    if (value === null && nullable) return null;
+    if (!this.isKind(value, kind)) {
+      this.fail(`header: ${path} must be ${names[kind]}${nullable ? " or null" : ""}, got ${short(value)}`);
+    }
+    if (minimum !== null && value < minimum) this.fail(`header: ${path} must be >= ${minimum}, got ${short(value)}`);
+    if (maximum !== null && value > maximum) this.fail(`header: ${path} must be <= ${maximum}, got ${short(value)}`);
+    return value;
+  }
+  items(obj, key, where) {
+    const list = this.get(obj, key, "list", where);
+    list.forEach((item, i) => {
+      if (!this.isKind(item, "dict")) {
+        this.fail(`header: ${where === "header" ? key : where + "." + key}[${i}] must be an object, got ${short(item)}`);
+      }
+    });
+    return list;
+  }
+}
+
+function checkPreamble(ck, bytes) {
+  const size = bytes.length;
+  if (size === 0) ck.fail("empty file (not an .agm file)");
+  for (let i = 0; i < Math.min(8, size); i++) {
+    if (bytes[i] !== MAGIC[i]) ck.fail("not an .agm file (bad magic)");
+  }
+  if (size < PREAMBLE_SIZE) ck.fail(`truncated: the file has ${size} bytes, less than the ${PREAMBLE_SIZE}-byte preamble`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, PREAMBLE_SIZE);
+  const major = dv.getUint16(8, true);
+  const minor = dv.getUint16(10, true);
+  const headerLength = dv.getUint32(12, true);
+  const headerCrc = dv.getUint32(16, true);
+  const fileLength = dv.getUint32(20, true) + dv.getUint32(24, true) * 4294967296;
+  if (major !== VERSION_MAJOR) {
+    ck.fail(`unsupported .agm version ${major}.${minor} (this reader supports ${VERSION_MAJOR}.x)`);
+  }
+  if (size < fileLength) ck.fail(`truncated: header says ${fileLength} bytes, file has ${size}`);
+  if (size > fileLength) ck.fail(`file has ${size} bytes but its header says ${fileLength} (trailing data or corrupted header)`);
+  if (PREAMBLE_SIZE + headerLength > size) ck.fail(`header_length ${headerLength} runs past the end of the ${size}-byte file`);
+  return { version: [major, minor], headerLength, headerCrc, fileLength };
+}
+
+function checkJson(ck, bytes, headerLength, headerCrc) {
+  if (crc32(bytes, PREAMBLE_SIZE, PREAMBLE_SIZE + headerLength) !== headerCrc) {
+    ck.fail("header CRC mismatch (the JSON header is corrupted)");
+  }
+  let header;
+  try {
+    const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
+      .decode(bytes.subarray(PREAMBLE_SIZE, PREAMBLE_SIZE + headerLength));
+    header = JSON.parse(text);
+  } catch (err) {
+    ck.fail(`the JSON header does not parse: ${String(err.message || err).split("\n")[0].slice(0, 120)}`);
+  }
+  if (!ck.isKind(header, "dict")) ck.fail("the JSON header is not an object");
+  return header;
+}
+
+function validateHeader(ck, h) {
+  if (h.format !== "agm") ck.fail(`header: 'format' must be "agm", got ${short(h.format)}`);
+  ck.get(h, "gaussian_count", "int", "header", { minimum: 1 });
+  const sh = ck.get(h, "sh_degree", "int", "header");
+  if (sh !== 1) ck.fail(`header: unsupported sh_degree ${sh} (this reader supports 1)`);
+  const groups = ck.items(h, "groups", "header");
+  if (groups.length !== GROUPS.length) {
+    ck.fail(`header: 'groups' must list the ${GROUPS.length} groups ${pyRepr(GROUPS.map((g) => g[0]))}, got ${groups.length}`);
+  }
+  GROUPS.forEach(([name, dim], i) => {
+    const gname = ck.get(groups[i], "name", "str", `groups[${i}]`);
+    const gdim = ck.get(groups[i], "dim", "int", `groups[${i}]`);
+    if (gname !== name || gdim !== dim) {
+      ck.fail(`header: groups[${i}] must be '${name}' with dim ${dim}, got ${pyRepr(gname)} with dim ${gdim}`);
+    }
+    ck.get(groups[i], "rank", "int", `groups[${i}]`, { minimum: 0 });
+  });
+  const names = new Set();
+  ck.items(h, "parameters", "header").forEach((p, i) => {
+    const where = `parameters[${i}]`;
+    const pname = ck.get(p, "name", "str", where);
+    if (names.has(pname)) ck.fail(`header: duplicate parameter name ${short(pname)}`);
+    names.add(pname);
+    const pgroup = ck.get(p, "group", "str", where);
+    if (!PARAMETER_GROUPS.includes(pgroup)) {
+      ck.fail(`header: ${where}.group must be one of ${PARAMETER_GROUPS.join(", ")}, got ${short(pgroup)}`);
+    }
+    for (const key of ["min", "max", "default"]) ck.get(p, key, "number", where);
+  });
+  const q = ck.get(h, "quantization", "dict", "header");
+  const qb = ck.get(q, "bases", "str", "quantization");
+  if (!(qb in QUANT_DTYPE)) ck.fail(`header: quantization.bases must be "fp16" or "int8", got ${short(qb)}`);
+  ck.get(q, "sparse", "bool", "quantization");
+  ck.get(q, "sparse_threshold", "number", "quantization", { nullable: true, optional: true });
+  const c = ck.get(h, "constraints", "dict", "header");
+  for (const key of CONSTRAINT_KEYS) ck.get(c, key, "number", "constraints");
+  if (c.opacity_min > c.opacity_max) ck.fail("header: constraints.opacity_min is larger than opacity_max");
+  const mlp = ck.get(h, "mlp", "dict", "header");
+  const layers = ck.items(mlp, "layers", "mlp");
+  if (layers.length === 0) ck.fail("header: mlp.layers is empty");
+  let width = h.parameters.length;
+  layers.forEach((layer, j) => {
+    const where = `mlp.layers[${j}]`;
+    const nIn = ck.get(layer, "in", "int", where, { minimum: 0 });
+    ck.get(layer, "out", "int", where, { minimum: 0 });
+    if (nIn !== width) {
+      ck.fail(`header: ${where}.in is ${nIn}, expected ${width} (${j === 0 ? "the parameter count" : "the previous layer out"})`);
+    }
+    width = layer.out;
+    const act = ck.get(layer, "activation", "str", where);
+    if (!ACTIVATIONS.includes(act)) ck.fail(`header: ${where}.activation must be "leaky_relu" or "none", got ${short(act)}`);
+    if (act === "leaky_relu") ck.get(layer, "negative_slope", "number", where);
+  });
+  const totalRank = groups.reduce((s, g) => s + g.rank, 0);
+  if (width !== totalRank) ck.fail(`header: the MLP's last layer has ${width} outputs, expected sum(rank) = ${totalRank}`);
+  const idents = ck.items(h, "identities", "header");
+  if (idents.length === 0) ck.fail("header: 'identities' is empty");
+  idents.forEach((ident, i) => {
+    ck.get(ident, "name", "str", `identities[${i}]`);
+    ck.get(ident, "seed", "int", `identities[${i}]`, { nullable: true });
+  });
+  for (const key of ["camera", "coordinate_system", "fidelity", "provenance"]) {
+    ck.get(h, key, "dict", "header", { optional: true });
+  }
+  ck.items(h, "sections", "header");
+}
+
+function validateSections(ck, h, headerLength, fileLength) {
+  const dataStart = PREAMBLE_SIZE + headerLength;
+  const sections = new Map();
+  h.sections.forEach((s, i) => {
+    let where = `sections[${i}]`;
+    const name = ck.get(s, "name", "str", where);
+    where = `section '${name}'`;
+    if (sections.has(name)) ck.fail(`${where} is listed twice`);
+    const dtype = ck.get(s, "dtype", "str", where);
+    if (!(dtype in DTYPE_SIZE)) ck.fail(`${where} has unknown dtype ${short(dtype)} (expected f32, f16, i8 or u32)`);
+    const shape = ck.get(s, "shape", "list", where);
+    if (shape.length > MAX_SHAPE_DIMS || !shape.every((d) => ck.isKind(d, "int") && d >= 0)) {
+      ck.fail(`${where} has an invalid shape ${short(shape)}`);
+    }
+    const offset = ck.get(s, "offset", "int", where, { minimum: 0 });
+    const length = ck.get(s, "length", "int", where, { minimum: 0 });
+    ck.get(s, "crc32", "int", where, { minimum: 0, maximum: 0xffffffff });
+    const expected = shape.reduce((a, d) => a * d, DTYPE_SIZE[dtype]);
+    if (length !== expected) {
+      ck.fail(`${where}: length ${length} does not match dtype ${dtype} and shape ${short(shape)} (${expected} bytes)`);
+    }
+    if (offset % ALIGN) ck.fail(`${where}: offset ${offset} is not a multiple of ${ALIGN}`);
+    if (offset < dataStart || offset + length > fileLength) {
+      ck.fail(`${where}: bytes ${offset}..${offset + length} lie outside the file's data area (${dataStart}..${fileLength})`);
+    }
+    sections.set(name, s);
+  });
+  const spans = [...sections.entries()].filter(([, s]) => s.length > 0)
+    .map(([n, s]) => [s.offset, s.offset + s.length, n])
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1] || (a[2] < b[2] ? -1 : a[2] > b[2] ? 1 : 0)); // as Python sorts the tuples
+  for (let i = 1; i < spans.length; i++) {
+    if (spans[i][0] < spans[i - 1][1]) ck.fail(`sections '${spans[i - 1][2]}' and '${spans[i][2]}' overlap`);
+  }
+  return sections;
+}
+
+function requiredSections(ck, h, sections) {
+  const G = h.gaussian_count;
+  const H0 = h.mlp.layers[0].out;
+  const need = (name, dtype, shape) => {
+    const s = sections.get(name);
+    if (!s) ck.fail(`required section '${name}' is missing`);
+    if (s.dtype !== dtype || s.shape.length !== shape.length || s.shape.some((d, i) => d !== shape[i])) {
+      ck.fail(`section '${name}' is ${s.dtype} ${short(s.shape)}, expected ${dtype} ${pyRepr(shape)}`);
+    }
+  };
+  const forbid = (name, why) => {
+    if (sections.has(name)) ck.fail(`section '${name}' must not be present (${why})`);
+  };
+  for (let i = 0; i < h.identities.length; i++) {
+    need(`identity/${i}/means`, "f32", [G, 3]);
+    need(`identity/${i}/scales`, "f32", [G, 3]);
+    need(`identity/${i}/quats`, "f32", [G, 4]);
+    need(`identity/${i}/opacities`, "f32", [G]);
+    need(`identity/${i}/sh`, "f16", [G, 4, 3]);
+    need(`identity/${i}/mlp_bias0`, "f32", [H0]);
+  }
+  const quant = h.quantization.bases;
+  const sparse = h.quantization.sparse;
+  for (const grp of h.groups) {
+    const { name: g, dim: d, rank: K } = grp;
+    if (K === 0) {
+      for (const part of ["values", "scales", "index"]) forbid(`bases/${g}/${part}`, `group '${g}' has rank 0`);
+      continue;
+    }
+    let n = G;
+    if (sparse) {
+      const s = sections.get(`bases/${g}/index`);
+      if (!s) ck.fail(`required section 'bases/${g}/index' is missing (the bases are sparse)`);
+      if (s.dtype !== "u32" || s.shape.length !== 1 || s.shape[0] > G) {
+        ck.fail(`section 'bases/${g}/index' is ${s.dtype} ${short(s.shape)}, expected u32 [n <= ${G}]`);
+      }
+      n = s.shape[0];
+    } else {
+      forbid(`bases/${g}/index`, "the bases are dense");
+    }
+    need(`bases/${g}/values`, QUANT_DTYPE[quant], [K, n, d]);
+    if (quant === "int8") need(`bases/${g}/scales`, "f32", [K]);
+    else forbid(`bases/${g}/scales`, "the bases are fp16");
+  }
+  h.mlp.layers.forEach((layer, j) => {
+    need(`mlp/${j}/weight`, "f32", [layer.out, layer.in]);
+    if (j === 0) forbid("mlp/0/bias", "each identity has its own mlp_bias0");
+    else need(`mlp/${j}/bias`, "f32", [layer.out]);
+  });
+}
+
+const TYPED = { f32: Float32Array, f16: Uint16Array, i8: Int8Array, u32: Uint32Array };
+
+function view(bytes, s) {
+  const count = s.shape.reduce((a, d) => a * d, 1);
+  return new TYPED[s.dtype](bytes.buffer, bytes.byteOffset + s.offset, count);
+}
+
+/**
+ * Read and validate an .agm file held in an ArrayBuffer (or Uint8Array).
+ * Returns { label, version, header, gaussianCount, parameters, groups, constraints, quantization,
+ *           mlp: {layers}, identities, camera, ... } with typed-array views into the buffer.
+ */
+export function readAgm(source, label = "bundle") {
+  if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
+    throw new AgmFormatError(`${label}: this viewer needs a little-endian platform`);
+  }
+  const bytes = source instanceof Uint8Array ? source : new Uint8Array(source);
+  if (bytes.byteOffset % 4) throw new AgmFormatError(`${label}: internal error: unaligned buffer`);
+  const ck = new Checker(label);
+  const { version, headerLength, headerCrc, fileLength } = checkPreamble(ck, bytes);
+  const h = checkJson(ck, bytes, headerLength, headerCrc);
+  validateHeader(ck, h);
+  const sections = validateSections(ck, h, headerLength, fileLength);
+  requiredSections(ck, h, sections);
+  for (const [name, s] of sections) {
+    if (crc32(bytes, s.offset, s.offset + s.length) !== s.crc32) {
+      ck.fail(`section '${name}' CRC mismatch (the file is corrupted)`);
+    }
+  }
+  const G = h.gaussian_count;
+  const sec = (name) => view(bytes, sections.get(name));
+  const groups = h.groups.map((grp) => {
+    const out = { name: grp.name, dim: grp.dim, rank: grp.rank, carried: 0, values: null, scales: null, index: null };
+    if (grp.rank === 0) return out;
+    if (h.quantization.sparse) {
+      const index = sec(`bases/${grp.name}/index`);
+      for (let m = 0; m < index.length; m++) {
+        if ((m > 0 && index[m] <= index[m - 1]) || index[m] >= G) {
+          ck.fail(`section 'bases/${grp.name}/index' is not strictly increasing with every index < ${G}`);
+        }
+      }
+      out.index = index;
+      out.carried = index.length;
+    } else {
+      out.carried = G;
+    }
+    out.values = sec(`bases/${grp.name}/values`);
+    if (h.quantization.bases === "int8") out.scales = sec(`bases/${grp.name}/scales`);
+    return out;
+  });
+  const layers = h.mlp.layers.map((layer, j) => ({
+    in: layer.in,
+    out: layer.out,
+    activation: layer.activation,
+    negativeSlope: layer.activation === "leaky_relu" ? layer.negative_slope : 0,
+    weight: sec(`mlp/${j}/weight`),
+    bias: j === 0 ? null : sec(`mlp/${j}/bias`),
+  }));
+  const identities = h.identities.map((ident, i) => ({
+    name: ident.name,
+    seed: ident.seed,
+    means: sec(`identity/${i}/means`),
+    scales: sec(`identity/${i}/scales`),
+    quats: sec(`identity/${i}/quats`),
+    opacities: sec(`identity/${i}/opacities`),
+    sh: sec(`identity/${i}/sh`),
+    mlpBias0: sec(`identity/${i}/mlp_bias0`),
+  }));
+  return {
+    label,
+    version,
+    byteLength: fileLength,
+    header: h,
+    gaussianCount: G,
+    parameters: h.parameters.map((p) => ({ name: p.name, group: p.group, min: p.min, max: p.max, default: p.default })),
+    groups,
+    quantization: h.quantization.bases,
+    sparse: h.quantization.sparse,
+    constraints: { scale_min: h.constraints.scale_min, opacity_min: h.constraints.opacity_min, opacity_max: h.constraints.opacity_max },
+    mlp: { layers },
+    identities,
+    camera: h.camera || null,
+    coordinateSystem: h.coordinate_system || null,
+    fidelity: h.fidelity || null,
+    provenance: h.provenance || null,
+  };
+}

@@ -1,0 +1,237 @@
+// Splat data: a bundle's arrays as GPU textures (the static inputs of the generator and splat
+// passes), plus the targets the passes write.
+//
+// Layouts (shared with the shaders through #defines):
+//   per-Gaussian textures: GAUSS_TW Gaussians per row, row-major by Gaussian index;
+//   SH: SH_PER_ROW Gaussians x 4 RGB16F texels (DC, then the three degree-1 bands) per row;
+//   bases: one RGBA32UI 2D-array texture per group, repacked at load so that one texel holds 16
+//     int8 (or 8 fp16) values of ONE component for 16 (8) consecutive bases: layer t = j * (Kp/L) + q
+//     holds U[16q .. 16q+15, m, j] of slot m at texel m (Kp: K rounded up to 16; L: 16 or 8 values
+//     per texel). The blend pass then reads K*d/16 texels per Gaussian and group instead of K;
+//   vectors (MLP activations, biases, coefficients): 4 floats per texel, VEC_TW texels per row;
+//     coefficients: each group from a multiple of 16 (RANK_ALIGN), zero padded.
+// Every width is <= 2048 (the WebGL2 minimum of MAX_TEXTURE_SIZE).
+
+import { createTarget, createTexture2D, createTexture3D, deleteTexture, uploadRows } from "./gl.js";
+
+export const GAUSS_TW = 2048;
+export const SH_PER_ROW = 512;
+export const VEC_TW = 1024;
+export const WEIGHT_TW = 2048;
+export const SHADER_DEFINES = { GAUSS_TW, SH_PER_ROW, VEC_TW, WEIGHT_TW };
+
+export const RANK_ALIGN = 16;
+const ceilDiv = (a, b) => Math.floor((a + b - 1) / b);
+const VALUES_PER_TEXEL = { int8: 16, fp16: 8 };
+
+/**
+ * Repack a group's basis values [K, n, d] (Int8Array or Uint16Array of fp16 bits) into the layers
+ * of an RGBA32UI array texture: layer j * (Kp / L) + q, texel m holds U[L q + i, m, j], i < L.
+ */
+export function packBasis(values, K, n, d, quant, width, rows) {
+  const L = VALUES_PER_TEXEL[quant];
+  const Kp = ceilDiv(K, RANK_ALIGN) * RANK_ALIGN;
+  const perComp = Kp / L;
+  const layers = d * perComp;
+  const layerTexels = width * rows;
+  const words = new Uint32Array(layers * layerTexels * 4);
+  const out = quant === "int8" ? new Int8Array(words.buffer) : new Uint16Array(words.buffer);
+  const vpt = 16 / (quant === "int8" ? 1 : 2); // values per texel in `out` units
+  for (let k = 0; k < K; k++) {
+    const q = Math.floor(k / L);
+    const i = k - q * L;
+    const src = k * n * d;
+    for (let j = 0; j < d; j++) {
+      let dst = (j * perComp + q) * layerTexels * vpt + i;
+      for (let m = 0, v = src + j; m < n; m++, v += d, dst += vpt) out[dst] = values[v];
+    }
+  }
+  return { words, layers, perComp, Kp };
+}
+
+/** A vector of `n` floats as a texture of ceil(n/4) RGBA texels (VEC_TW per row), zero padded. */
+export function vectorTexture(gl, internal, n, data = null) {
+  const texels = Math.max(1, ceilDiv(n, 4));
+  const width = Math.min(texels, VEC_TW);
+  const height = ceilDiv(texels, width);
+  let padded = null;
+  if (data) {
+    padded = internal === "RGBA32UI" ? new Uint32Array(width * height * 4) : new Float32Array(width * height * 4);
+    if (internal === "RGBA32UI") padded.set(new Uint32Array(data.buffer, data.byteOffset, data.length));
+    else padded.set(data);
+  }
+  return createTexture2D(gl, internal, width, height, padded);
+}
+
+/** Group starts in the padded coefficient layout (each group from a multiple of RANK_ALIGN). */
+export function coefficientLayout(ranks) {
+  const start = [];
+  let at = 0;
+  for (const K of ranks) {
+    start.push(at);
+    at += ceilDiv(K, RANK_ALIGN) * RANK_ALIGN;
+  }
+  return { start, total: Math.max(at, 4) };
+}
+
+export class SplatData {
+  constructor(gl, bundle) {
+    this.gl = gl;
+    this.bundle = bundle;
+    const G = bundle.gaussianCount;
+    this.count = G;
+    this.rows = ceilDiv(G, GAUSS_TW);
+    this.shRows = ceilDiv(G, SH_PER_ROW);
+    const maxSize = gl.getParameter(gl.MAX_TEXTURE_SIZE);
+    const maxLayers = gl.getParameter(gl.MAX_ARRAY_TEXTURE_LAYERS);
+    if (Math.max(this.rows, this.shRows) > maxSize) {
+      throw new Error(`${G.toLocaleString()} Gaussians need textures of ${this.shRows} rows; this GPU allows ${maxSize}`);
+    }
+    this.ranks = bundle.groups.map((g) => g.rank);
+    this.quant = bundle.quantization;
+    this.layout = coefficientLayout(this.ranks);
+    this.identity = -1;
+    this.textures = [];
+    const keep = (t) => (this.textures.push(t), t);
+
+    // neutral avatar (per identity, re-uploaded by setIdentity)
+    this.means = keep(createTexture2D(gl, "RGB32F", GAUSS_TW, this.rows));
+    this.scales = keep(createTexture2D(gl, "RGB32F", GAUSS_TW, this.rows));
+    this.quats = keep(createTexture2D(gl, "RGBA32F", GAUSS_TW, this.rows));
+    this.opacities = keep(createTexture2D(gl, "R32F", GAUSS_TW, this.rows));
+    this.sh = keep(createTexture2D(gl, "RGB16F", SH_PER_ROW * 4, this.shRows));
+
+    // slots: where each Gaussian sits in each group's basis (-1: not carried)
+    const slots = new Int32Array(GAUSS_TW * this.rows * 4).fill(-1);
+    bundle.groups.forEach((g, gi) => {
+      if (g.rank === 0) return;
+      if (g.index) {
+        for (let m = 0; m < g.index.length; m++) slots[g.index[m] * 4 + gi] = m;
+      } else {
+        for (let i = 0; i < G; i++) slots[i * 4 + gi] = i;
+      }
+    });
+    this.slots = keep(createTexture2D(gl, "RGBA32I", GAUSS_TW, this.rows, slots));
+
+    // bases: RGBA32UI 2D arrays of packed values (see packBasis)
+    this.basisTexels = [];
+    this.bases = bundle.groups.map((g) => {
+      if (g.rank === 0 || g.carried === 0) {
+        this.basisTexels.push(0);
+        return keep(createTexture3D(gl, "RGBA32UI", 1, 1, 1));
+      }
+      const rows = ceilDiv(g.carried, GAUSS_TW);
+      const packed = packBasis(g.values, g.rank, g.carried, g.dim, this.quant, GAUSS_TW, rows);
+      if (packed.layers > maxLayers) {
+        throw new Error(`group ${g.name} needs ${packed.layers} texture layers; this GPU allows ${maxLayers}`);
+      }
+      if (rows > maxSize) throw new Error(`group ${g.name} needs textures of ${rows} rows; this GPU allows ${maxSize}`);
+      const t = keep(createTexture3D(gl, "RGBA32UI", GAUSS_TW, rows, packed.layers));
+      gl.bindTexture(gl.TEXTURE_2D_ARRAY, t.tex);
+      gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
+      gl.texSubImage3D(gl.TEXTURE_2D_ARRAY, 0, 0, 0, 0, GAUSS_TW, rows, packed.layers, gl.RGBA_INTEGER,
+        gl.UNSIGNED_INT, packed.words);
+      this.basisTexels.push(packed.perComp);
+      return t;
+    });
+    // int8 per-basis scales in the padded coefficient layout (folded into the coefficients by a pass)
+    const scales = new Float32Array(this.layout.total);
+    if (this.quant === "int8") {
+      bundle.groups.forEach((g, gi) => g.scales && scales.set(g.scales, this.layout.start[gi]));
+    }
+    this.basisScales = keep(vectorTexture(gl, "RGBA32F", scales.length, scales));
+
+    // MLP weights (rows padded to 4 columns) and biases
+    this.layers = bundle.mlp.layers.map((layer, j) => {
+      const inTexels = Math.max(1, ceilDiv(layer.in, 4));
+      const texels = Math.max(1, layer.out * inTexels);
+      const width = Math.min(texels, WEIGHT_TW);
+      const height = ceilDiv(texels, width);
+      const w = new Float32Array(width * height * 4);
+      for (let r = 0; r < layer.out; r++) w.set(layer.weight.subarray(r * layer.in, (r + 1) * layer.in), r * inTexels * 4);
+      const last = j === bundle.mlp.layers.length - 1;
+      return {
+        in: layer.in,
+        out: layer.out,
+        inTexels,
+        outTexels: last ? Math.max(1, this.layout.total / 4) : Math.max(1, ceilDiv(layer.out, 4)),
+        activation: layer.activation === "leaky_relu" ? 1 : 0,
+        slope: layer.negativeSlope,
+        last,
+        weight: keep(createTexture2D(gl, "RGBA32F", width, height, w)),
+        bias: j === 0 ? null : keep(vectorTexture(gl, "RGBA32F", layer.out, layer.bias)),
+      };
+    });
+    this.bias0 = keep(vectorTexture(gl, "RGBA32F", bundle.mlp.layers[0].out));
+    this.bias0Data = new Float32Array(this.bias0.width * this.bias0.height * 4);
+
+    // MLP input and per-layer outputs (RGBA32UI float bits)
+    this.params = keep(vectorTexture(gl, "RGBA32UI", bundle.parameters.length));
+    this.paramData = new Float32Array(this.params.width * this.params.height * 4);
+    this.activations = this.layers.map((layer) => {
+      const t = keep(vectorTexture(gl, "RGBA32UI", layer.outTexels * 4));
+      return createTarget(gl, [t]);
+    });
+    this.coefficients = this.activations[this.activations.length - 1];
+    // coefficients the blend pass uses: c * scale (int8), or the MLP output itself (fp16)
+    this.blendCoefficients = this.quant === "int8"
+      ? createTarget(gl, [keep(vectorTexture(gl, "RGBA32UI", this.layout.total))])
+      : this.coefficients;
+
+    // animated Gaussians (blend pass output) and the sort order
+    this.animated = createTarget(gl, [0, 1, 2].map(() => keep(createTexture2D(gl, "RGBA32UI", GAUSS_TW, this.rows))));
+    this.order = keep(createTexture2D(gl, "R32UI", GAUSS_TW, this.rows));
+    this.targets = [...new Set([...this.activations, this.blendCoefficients, this.animated])];
+    this.setIdentity(0);
+  }
+
+  /** Upload identity i's neutral Gaussians and first-layer bias. */
+  setIdentity(i) {
+    const ident = this.bundle.identities[i];
+    if (!ident) throw new Error(`no identity ${i}`);
+    const gl = this.gl;
+    const G = this.count;
+    uploadRows(gl, this.means, ident.means, G);
+    uploadRows(gl, this.scales, ident.scales, G);
+    uploadRows(gl, this.quats, ident.quats, G);
+    uploadRows(gl, this.opacities, ident.opacities, G);
+    uploadRows(gl, this.sh, ident.sh, G * 4);
+    this.bias0Data.fill(0);
+    this.bias0Data.set(ident.mlpBias0);
+    gl.bindTexture(gl.TEXTURE_2D, this.bias0.tex);
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, this.bias0.width, this.bias0.height, gl.RGBA, gl.FLOAT, this.bias0Data);
+    this.identity = i;
+  }
+
+  /** Upload the MLP input vector. */
+  setParams(values) {
+    const gl = this.gl;
+    this.paramData.fill(0);
+    this.paramData.set(values);
+    gl.bindTexture(gl.TEXTURE_2D, this.params.tex);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+    gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, this.params.width, this.params.height, gl.RGBA_INTEGER,
+      gl.UNSIGNED_INT, new Uint32Array(this.paramData.buffer));
+  }
+
+  /** Upload a sort order (Gaussian indices, back to front). */
+  setOrder(order, count) {
+    if (count > 0) uploadRows(this.gl, this.order, order, count);
+    this.splatCount = count;
+    this.orderSerial = (this.orderSerial || 0) + 1;
+  }
+
+  /** Approximate GPU memory of the textures, in bytes. */
+  gpuBytes() {
+    const bytes = { R32F: 4, RGB32F: 12, RGBA32F: 16, RGB16F: 6, RGBA32I: 16, R32UI: 4, RGBA32UI: 16 };
+    return this.textures.reduce((s, t) => s + t.width * t.height * (t.depth || 1) * bytes[t.internal], 0);
+  }
+
+  dispose() {
+    const gl = this.gl;
+    for (const t of this.textures) deleteTexture(gl, t);
+    for (const target of this.targets) gl.deleteFramebuffer(target.fbo);
+    this.textures = [];
+    this.targets = [];
+  }
+}

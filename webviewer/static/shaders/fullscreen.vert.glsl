@@ -1,0 +1,7 @@
+#version 300 es
+// One triangle covering the viewport: the "compute" passes (MLP layers, blend) run one fragment
+// per output texel.
+void main() {
+  vec2 p = vec2(float((gl_VertexID << 1) & 2), float(gl_VertexID & 2));
+  gl_Position = vec4(p * 2.0 - 1.0, 0.0, 1.0);
+}

@@ -1,0 +1,129 @@
+#version 300 es
+// The splat pass, vertex stage: one screen-space quad per Gaussian, in the order the sorter gave
+// (back to front). Same conventions as agora_core/rasterizer.py: OpenCV pinhole camera, EWA
+// covariance with the Jacobian clipped to a frustum 1.3x the image, a 0.3 px^2 dilation with the
+// opacity compensation sqrt(det / det_dilated), SH degree 1 colour from the live camera + 0.5,
+// clamped at 0. The quad spans the alpha >= 1/255 ellipse (plus a pixel) along its axes.
+precision highp float;
+precision highp int;
+precision highp sampler2D;
+precision highp usampler2D;
+
+uniform usampler2D uOrder;        // R32UI: splat rank -> Gaussian index
+uniform usampler2D uMeanOpacity;  // animated Gaussians from the blend pass (float bits)
+uniform usampler2D uScale;
+uniform usampler2D uQuat;
+uniform sampler2D uSH;            // RGB16F: SH_PER_ROW Gaussians x 4 coefficients per row
+uniform mat3 uRot;                // world -> camera rotation (rows: right, down, forward)
+uniform vec3 uTrans;              // world -> camera translation
+uniform vec3 uCamPos;             // camera centre (world)
+uniform vec4 uIntrinsics;         // fx, fy, cx, cy (pixels)
+uniform vec2 uViewport;           // width, height (pixels)
+uniform vec4 uLimits;             // Jacobian clip of X/Z (lo, hi) and Y/Z (lo, hi)
+uniform float uNear;
+uniform float uFar;
+uniform float uEps2d;             // dilation (px^2)
+uniform int uSplatCount;
+
+flat out vec3 vColor;
+flat out float vOpacity;
+flat out vec3 vConic;
+flat out vec2 vMean;
+
+const float SH_C0 = 0.28209479177387814;
+const float SH_C1 = 0.4886025119029199;
+const float ALPHA_MIN = 1.0 / 255.0;
+
+ivec2 at(int i, int w) { return ivec2(i % w, i / w); }
+
+void cull() {
+  gl_Position = vec4(0.0, 0.0, 2.0, 1.0);  // outside the clip volume
+  vColor = vec3(0.0);
+  vOpacity = 0.0;
+  vConic = vec3(0.0);
+  vMean = vec2(0.0);
+}
+
+mat3 quatToMat(vec4 q) {
+  q = q / max(length(q), 1e-12);
+  float w = q.x, x = q.y, y = q.z, z = q.w;
+  // columns
+  return mat3(
+    1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y + w * z), 2.0 * (x * z - w * y),
+    2.0 * (x * y - w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z + w * x),
+    2.0 * (x * z + w * y), 2.0 * (y * z - w * x), 1.0 - 2.0 * (x * x + y * y));
+}
+
+void main() {
+#if defined(DRAW_INSTANCED)
+  int splat = gl_InstanceID;
+  int corner = gl_VertexID;               // 0..3 of a triangle strip
+#elif defined(DRAW_INDEXED)
+  int splat = gl_VertexID >> 2;           // index buffer: 4 vertices per quad, 6 indices
+  int corner = gl_VertexID & 3;
+#else
+  int splat = gl_VertexID / 6;            // plain drawArrays of 6 vertices per quad
+  int corner = gl_VertexID - splat * 6;
+  corner = corner < 3 ? corner : corner - 2;   // 0 1 2 | 1 2 3
+#endif
+  if (splat >= uSplatCount) { cull(); return; }
+  int id = int(texelFetch(uOrder, at(splat, GAUSS_TW), 0).x);
+  ivec2 g = at(id, GAUSS_TW);
+  vec4 mo = uintBitsToFloat(texelFetch(uMeanOpacity, g, 0));
+  vec3 s = uintBitsToFloat(texelFetch(uScale, g, 0).xyz);
+  vec4 q = uintBitsToFloat(texelFetch(uQuat, g, 0));
+
+  vec3 pc = uRot * mo.xyz + uTrans;
+  if (!(pc.z >= uNear && pc.z <= uFar)) { cull(); return; }
+  float rz = 1.0 / pc.z;
+  float fx = uIntrinsics.x, fy = uIntrinsics.y;
+  vec2 mean2d = vec2(fx * pc.x * rz + uIntrinsics.z, fy * pc.y * rz + uIntrinsics.w);
+  float tx = min(max(pc.x * rz, uLimits.x), uLimits.y);
+  float ty = min(max(pc.y * rz, uLimits.z), uLimits.w);
+  // J (2x3, as the top of a 3x3, columns)
+  mat3 J = mat3(fx * rz, 0.0, 0.0,
+                0.0, fy * rz, 0.0,
+                -fx * tx * rz, -fy * ty * rz, 0.0);
+  mat3 M = quatToMat(q) * mat3(s.x, 0.0, 0.0, 0.0, s.y, 0.0, 0.0, 0.0, s.z);
+  mat3 T = J * (uRot * M);
+  mat3 cov = T * transpose(T);
+  float c00 = cov[0][0];
+  float c01 = cov[1][0];
+  float c11 = cov[1][1];
+  float detOrig = c00 * c11 - c01 * c01;
+  c00 += uEps2d;
+  c11 += uEps2d;
+  float det = c00 * c11 - c01 * c01;
+  if (!(det > 0.0)) { cull(); return; }
+  float compensation = sqrt(max(detOrig / det, 1.1754944e-38));
+  float opacity = mo.w * compensation;
+  if (!(opacity >= ALPHA_MIN)) { cull(); return; }
+
+  // footprint: 0.5 d^T C^-1 d <= ln(255 o), along the covariance's eigenvectors
+  float level = 2.0 * log(opacity / ALPHA_MIN);
+  float mid = 0.5 * (c00 + c11);
+  float rad = sqrt(max(0.25 * (c00 - c11) * (c00 - c11) + c01 * c01, 0.0));
+  float l1 = mid + rad;
+  float l2 = max(mid - rad, 0.0);
+  vec2 v1 = abs(c01) > 1e-12 * mid ? normalize(vec2(c01, l1 - c00)) : (c00 >= c11 ? vec2(1.0, 0.0) : vec2(0.0, 1.0));
+  vec2 v2 = vec2(-v1.y, v1.x);
+  float r1 = sqrt(level * l1) + 1.0;
+  float r2 = sqrt(level * l2) + 1.0;
+  vec2 cxy = vec2((corner & 1) == 1 ? 1.0 : -1.0, corner >= 2 ? 1.0 : -1.0);
+  vec2 pix = mean2d + cxy.x * r1 * v1 + cxy.y * r2 * v2;
+  gl_Position = vec4(pix.x / uViewport.x * 2.0 - 1.0, 1.0 - pix.y / uViewport.y * 2.0, 0.0, 1.0);
+
+  // view-dependent colour, SH degree 1
+  vec3 dir = mo.xyz - uCamPos;
+  dir = dir / max(length(dir), 1e-12);
+  ivec2 sc = ivec2((id % SH_PER_ROW) * 4, id / SH_PER_ROW);
+  vec3 sh0 = texelFetch(uSH, sc, 0).rgb;
+  vec3 sh1 = texelFetch(uSH, sc + ivec2(1, 0), 0).rgb;
+  vec3 sh2 = texelFetch(uSH, sc + ivec2(2, 0), 0).rgb;
+  vec3 sh3 = texelFetch(uSH, sc + ivec2(3, 0), 0).rgb;
+  vec3 rgb = SH_C0 * sh0 - SH_C1 * dir.y * sh1 + SH_C1 * dir.z * sh2 - SH_C1 * dir.x * sh3;
+  vColor = max(rgb + 0.5, vec3(0.0));
+  vOpacity = opacity;
+  vConic = vec3(c11, -c01, c00) / det;
+  vMean = mean2d;
+}

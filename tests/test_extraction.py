@@ -1,4 +1,5 @@
 """AGORA-M extraction on the tiny preset: blend, bases, MLP folding, fidelity, priors, resumption, validation."""
+import json
 import math
 from dataclasses import replace
 
@@ -15,6 +16,16 @@ from agora_core.head_model import HeadModel
 
 CFG = ExtractionConfig(num_samples=96, rank=8, seeds=(0, 1, 2), batch_size=16, epochs=120, mlp_batch_size=32,
                        fidelity_samples=12, render_samples=1, fidelity_yaws=(0.0,), fidelity_size=48, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These small problems run fastest on one thread; on a shared, oversubscribed CPU two OpenMP
+    threads can make them 10-100x slower. Results do not depend on it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +134,10 @@ def test_fidelity_report_is_finite_and_agora_m_beats_the_neutral_avatar(result):
     assert result.peak_memory["maxrss_mib"] > 0
     summary = result.summary()
     assert summary["ranks"] == result.ranks and "fidelity" in summary
+    json.dumps(summary)  # JSON-able (goes into the bundle's header)
+    specs = result.parameter_specs()
+    assert [p["name"] for p in specs] == result.condition_names
+    assert {p["group"] for p in specs} == {"expression", "jaw", "eyelids"}
 
 
 # ---------------------------------------------------------------------------- resumption
@@ -147,6 +162,16 @@ def test_interrupted_and_resumed_extraction_equals_uninterrupted(tiny, result, t
     again = extract_agora_m(tiny, replace(cfg, epochs=1, fidelity_samples=0, render_samples=0), progress=False)
     assert again.svd_info["resumed_from_row"] == CFG.num_samples
     assert again.svd_info["projection_resumed_from_row"] == CFG.num_samples
+
+
+def test_per_group_ranks_with_a_static_group(tiny):
+    res = extract_agora_m(tiny, replace(CFG, rank={"xyz": 6, "scale": 2, "rotation": 4}, epochs=1, fidelity_samples=2,
+                                        render_samples=0, centre=True), progress=False)
+    assert res.ranks == {"xyz": 6, "scale": 2, "rotation": 4, "opacity": 0}
+    assert res.bases["opacity"].shape == (0, res.num_gaussians, 1)
+    assert res.mlp.out_dim == 12 and res.export_mlp(0)[-1]["weight"].shape[0] == 12
+    out = res.animate(1, torch.rand(3, len(res.condition_names)))
+    assert torch.allclose(out.opacities, res.neutral.opacities[1].expand(3, -1))
 
 
 def test_centred_extraction_blends_around_the_mean(tiny):

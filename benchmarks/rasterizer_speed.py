@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ import torch
 from agora_core.camera import orbit_camera
 from agora_core.gaussians import Gaussians
 from agora_core.rasterizer import rasterize, resolve_backend
+from benchmarks.common import timed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rasterizer_speed.json"
 
@@ -37,20 +37,6 @@ def head_scene(count: int, scale_min: float = 1e-3, scale_max: float = 5e-3, see
     opacities = torch.empty(count).uniform_(0.3, 1.0, generator=gen)
     sh = torch.randn(count, 4, 3, generator=gen) * torch.tensor([1.0, 0.2, 0.2, 0.2])[:, None]
     return Gaussians(means, log_s.exp(), quats, opacities, sh)
-
-
-def _times(fn, warmup: int, repeats: int, sync) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -76,8 +62,8 @@ def run(args: argparse.Namespace) -> dict:
         out = rasterize(scene, camera, backend=backend)
     coverage = float((out.alpha > 0.5).float().mean())
 
-    t_fwd = _times(forward, args.warmup, args.repeats, sync)
-    t_fb = _times(forward_backward, args.warmup, args.repeats, sync)
+    t_fwd = timed(forward, args.warmup, args.repeats, sync)["samples_s"]
+    t_fb = timed(forward_backward, args.warmup, args.repeats, sync)["samples_s"]
     return {
         "backend": backend,
         "device": str(device),

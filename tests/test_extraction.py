@@ -19,13 +19,8 @@ CFG = ExtractionConfig(num_samples=96, rank=8, seeds=(0, 1, 2), batch_size=16, e
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These small problems run fastest on one thread; on a shared, oversubscribed CPU two OpenMP
-    threads can make them 10-100x slower. Results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

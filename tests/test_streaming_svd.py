@@ -9,13 +9,8 @@ from agora_core.streaming_svd import FrequentDirections, resolve_ranks, streamin
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These small problems run fastest on one thread; on a shared, oversubscribed CPU two OpenMP
-    threads can make them 10-100x slower. Results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def low_rank_plus_noise(n=600, d=400, rank=8, noise=0.02, seed=0):

@@ -78,12 +78,13 @@ JAW_RANGES = ((-0.1, 0.5), (-0.2, 0.2), (-0.2, 0.2))
 class ExtractionConfig:
     """Settings of :func:`extract_agora_m`.
 
-    Defaults: the ``small`` preset (16K Gaussians) extracts in ~130 s on 2 CPU cores - two passes
-    of 2048 generator rows (~29 ms each) take ~120 s; the sketches' final step, the MLP and the
-    fidelity report ~12 s together. ``num_samples=1024`` halves it.
+    Defaults: the ``small`` preset (16K Gaussians) extracts in ~70 s on 2 idle CPU cores (two passes
+    of 1024 generator rows at ~29 ms each, plus ~10 s for the sketches' final step, the MLP and the
+    fidelity report), ~2.5x that on a CPU shared with other busy processes. ``num_samples=2048``
+    (the paper used 10000) takes ~130 s idle and improves the MLP a little.
     """
 
-    num_samples: int = 2048  # N: rows of the SVD pass
+    num_samples: int = 1024  # N: rows of the SVD pass
     rank: int | dict[str, int] = 64  # K, or per group {"xyz": .., "scale": .., "rotation": .., "opacity": ..}
     seeds: tuple[int, ...] = (0, 1, 2, 3)  # identity seeds (the bases are shared across them)
     truncation: float = 0.7
@@ -94,7 +95,7 @@ class ExtractionConfig:
     sketch_size: int | None = None  # explicit l (overrides oversampling)
     mlp_samples: int | None = None  # rows regenerated for MLP targets (None: num_samples)
     mlp_hidden: tuple[int, ...] = (256, 512)
-    epochs: int = 400  # 8 steps per epoch at N = 2048: ~10 s on 2 cores
+    epochs: int = 400  # 4 steps per epoch at N = 1024: ~5 s on 2 idle cores
     lr: float = 1e-3
     lr_min: float = 1e-5
     mlp_batch_size: int = 256

@@ -78,10 +78,11 @@ JAW_RANGES = ((-0.1, 0.5), (-0.2, 0.2), (-0.2, 0.2))
 class ExtractionConfig:
     """Settings of :func:`extract_agora_m`.
 
-    Defaults: the ``small`` preset (16K Gaussians) extracts in ~70 s on 2 idle CPU cores (two passes
-    of 1024 generator rows at ~29 ms each, plus ~10 s for the sketches' final step, the MLP and the
-    fidelity report), ~2.5x that on a CPU shared with other busy processes. ``num_samples=2048``
-    (the paper used 10000) takes ~130 s idle and improves the MLP a little.
+    Defaults: the ``small`` preset (16K Gaussians) extracts in ~2 minutes on one CPU thread (two
+    passes of 1024 generator rows at ~50 ms each, plus ~10 s for the sketches' final step, the MLP
+    and the fidelity report), also when other processes load the CPU. ``threads=None`` with 2 idle
+    cores: ~70 s. ``num_samples=2048`` (the paper used 10000) doubles the time and improves the MLP
+    a little.
     """
 
     num_samples: int = 1024  # N: rows of the SVD pass
@@ -109,7 +110,11 @@ class ExtractionConfig:
     progress_dir: str | None = None  # save/resume state here
     checkpoint_every: int = 8  # blocks between saved states
     device: str = "cpu"  # where the sketches, projections and the MLP run
-    threads: int | None = None  # torch CPU threads during the extraction (None: leave torch's setting)
+    # torch CPU threads during the extraction; None keeps torch's setting. 1 by default: on a CPU shared
+    # with other busy processes two OpenMP threads spin against them and run ~3x slower than one
+    # (measured: N=256 on `small`, 27 s vs 76-101 s at load 4 on 2 cores); on an idle 2-core machine
+    # None is ~1.8x faster. Resumed runs are bit-identical only with the same thread count.
+    threads: int | None = 1
     malloc_cache: bool = True  # glibc: keep freed memory in the heap while extracting (see malloc_cache)
     seed: int = 0  # seed of the conditions, the validation split and the MLP initialisation
 

@@ -143,7 +143,7 @@ def run_real(cfg: dict) -> dict:
     gen = AgoraGenerator(get_preset(cfg["preset"]), builtin_head_model()).eval().to(cfg["device"])
     ec = ExtractionConfig(num_samples=cfg["num_samples"], rank=cfg["rank"], epochs=cfg["epochs"],
                           fidelity_samples=cfg["fidelity_samples"], render_samples=cfg["render_samples"],
-                          device=cfg["device"])
+                          device=cfg["device"], threads=cfg.get("threads") or ExtractionConfig.threads)
     t = time.perf_counter()
     res = extract_agora_m(gen, ec, progress=cfg["progress"])
     wall = time.perf_counter() - t
@@ -273,6 +273,10 @@ def main(argv: list[str] | None = None) -> dict:
             runs = json.loads(args.output.read_text()).get("runs", {})
         except (ValueError, AttributeError):
             runs = {}
+    previous = runs.get(result["mode"], {})
+    for part, skipped in (("synthetic_streaming_svd", args.skip_synthetic), ("real_extraction", args.skip_real)):
+        if skipped and previous.get(part):  # a skipped part keeps its earlier results
+            result[part] = previous[part]
     runs[result["mode"]] = result
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"benchmark": "extraction_scaling", "runs": runs}, indent=2) + "\n")

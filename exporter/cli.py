@@ -10,7 +10,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -28,6 +28,13 @@ CHECKPOINT_HELP = "Generator checkpoint (.pt written by agora). Default: an untr
 PRESET_HELP = "Generator preset when no checkpoint is given (see `agora-export presets`)."
 INIT_SEED_HELP = "Seed of the untrained generator's random weights (ignored with --checkpoint)."
 TRUNCATION_HELP = "Truncation psi of the identity latent (1 = none)."
+
+# the model options shared by every command that runs the generator
+CheckpointOpt = Annotated[Optional[Path], typer.Option(help=CHECKPOINT_HELP)]
+HeadOpt = Annotated[str, typer.Option(help=HEAD_HELP)]
+PresetOpt = Annotated[str, typer.Option(help=PRESET_HELP)]
+InitSeedOpt = Annotated[int, typer.Option(help=INIT_SEED_HELP)]
+TruncationOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help=TRUNCATION_HELP)]
 
 
 def fail(message: str) -> None:
@@ -76,7 +83,7 @@ def identity_cache(gen, seed: int, truncation: float):
 
 @app.command()
 @user_errors
-def presets(head: str = typer.Option("builtin", help=HEAD_HELP)) -> None:
+def presets(head: HeadOpt = "builtin") -> None:
     """Print every generator preset: parameter counts of the two branches and the Gaussian count."""
     from agora_core.generator import PRESETS, AgoraGenerator
     from agora_core.head_sources import load_head_model
@@ -95,11 +102,11 @@ def presets(head: str = typer.Option("builtin", help=HEAD_HELP)) -> None:
 def preview(
     out: Path = typer.Argument(..., help="PNG file to write."),
     seed: list[int] = typer.Option([42], "--seed", help="Identity seed(s); repeat for several avatars (one row each)."),
-    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
-    head: str = typer.Option("builtin", help=HEAD_HELP),
-    preset: str = typer.Option("small", help=PRESET_HELP),
-    init_seed: int = typer.Option(0, help=INIT_SEED_HELP),
-    truncation: float = typer.Option(0.7, min=0.0, max=1.0, help=TRUNCATION_HELP),
+    checkpoint: CheckpointOpt = None,
+    head: HeadOpt = "builtin",
+    preset: PresetOpt = "small",
+    init_seed: InitSeedOpt = 0,
+    truncation: TruncationOpt = 0.7,
     size: int = typer.Option(256, min=16, max=2048, help="Image size in pixels."),
     yaw: list[float] = typer.Option([0.0, 35.0], "--yaw", help="Camera yaw(s) in degrees; one column each."),
 ) -> None:
@@ -129,11 +136,11 @@ def preview(
 def ply(
     out: Path = typer.Argument(..., help="PLY file to write (standard 3DGS layout)."),
     seed: int = typer.Option(42, help="Identity seed."),
-    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
-    head: str = typer.Option("builtin", help=HEAD_HELP),
-    preset: str = typer.Option("small", help=PRESET_HELP),
-    init_seed: int = typer.Option(0, help=INIT_SEED_HELP),
-    truncation: float = typer.Option(0.7, min=0.0, max=1.0, help=TRUNCATION_HELP),
+    checkpoint: CheckpointOpt = None,
+    head: HeadOpt = "builtin",
+    preset: PresetOpt = "small",
+    init_seed: InitSeedOpt = 0,
+    truncation: TruncationOpt = 0.7,
 ) -> None:
     """Write the neutral avatar of a seed as a 3DGS PLY (x y z, normals, f_dc, f_rest, logit opacity,
     log scales, wxyz rotation), readable by plyfile and common splat viewers."""
@@ -154,11 +161,11 @@ def ply(
 def onnx(
     out: Path = typer.Argument(..., help="ONNX file to write."),
     seed: int = typer.Option(42, help="Identity seed whose cached canonical attributes are baked in."),
-    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
-    head: str = typer.Option("builtin", help=HEAD_HELP),
-    preset: str = typer.Option("small", help=PRESET_HELP),
-    init_seed: int = typer.Option(0, help=INIT_SEED_HELP),
-    truncation: float = typer.Option(0.7, min=0.0, max=1.0, help=TRUNCATION_HELP),
+    checkpoint: CheckpointOpt = None,
+    head: HeadOpt = "builtin",
+    preset: PresetOpt = "small",
+    init_seed: InitSeedOpt = 0,
+    truncation: TruncationOpt = 0.7,
     opset: int = typer.Option(17, min=13, max=21, help="ONNX opset."),
     features_out: Optional[Path] = typer.Option(None, help="Also save the identity inputs (w, features) as .npz."),
 ) -> None:
@@ -191,11 +198,11 @@ class Quant(str, Enum):
 def bundle(
     out: Path = typer.Argument(..., help=".agm bundle to write."),
     seed: list[int] = typer.Option([42], "--seed", help="Identity seed(s); repeat for a multi-identity bundle sharing one set of bases."),
-    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
-    head: str = typer.Option("builtin", help=HEAD_HELP),
-    preset: str = typer.Option("small", help=PRESET_HELP),
-    init_seed: int = typer.Option(0, help=INIT_SEED_HELP),
-    truncation: float = typer.Option(0.7, min=0.0, max=1.0, help=TRUNCATION_HELP),
+    checkpoint: CheckpointOpt = None,
+    head: HeadOpt = "builtin",
+    preset: PresetOpt = "small",
+    init_seed: InitSeedOpt = 0,
+    truncation: TruncationOpt = 0.7,
     samples: int = typer.Option(1024, min=2, help="N: (identity, expression) tuples sampled for the SVD."),
     rank: int = typer.Option(64, min=1, help="K: blendshapes kept per attribute group (xyz, scale, rotation, opacity)."),
     quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),

@@ -62,6 +62,20 @@ class Camera:
         return torch.cat((c2w.reshape(-1, 16), K.reshape(-1, 9)), dim=1)
 
 
+def camera_from_conditioning(c: torch.Tensor, width: int, height: int | None = None) -> Camera:
+    """Inverse of :meth:`Camera.conditioning`: cameras ``[B]`` from 25-value vectors at a resolution."""
+    c = torch.as_tensor(c)
+    c = c.reshape(-1, c.shape[-1])
+    if c.shape[-1] != 25:
+        raise ValueError(f"a camera vector has 25 values (cam-to-world 16 + normalised intrinsics 9), got {c.shape[-1]}")
+    height = width if height is None else height
+    viewmat = torch.linalg.inv(c[:, :16].reshape(-1, 4, 4))
+    K = c[:, 16:].reshape(-1, 3, 3).clone()
+    K[:, 0] = K[:, 0] * width
+    K[:, 1] = K[:, 1] * height
+    return Camera(viewmat, K, int(width), int(height))
+
+
 def intrinsics(fov_y_deg: float, width: int, height: int, batch: int = 1) -> torch.Tensor:
     """Pinhole intrinsics ``[batch, 3, 3]`` from a vertical field of view."""
     fy = 0.5 * height / math.tan(0.5 * math.radians(fov_y_deg))

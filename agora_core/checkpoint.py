@@ -38,15 +38,33 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def save_generator(generator: AgoraGenerator, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write ``generator`` (weights, config and head-model identity) atomically."""
+HEAD_PREFIX = "head."  # the head model's buffers: not the generator's weights (the user's head model is used)
+
+
+def network_state(generator: AgoraGenerator, convert=lambda t: t.detach().cpu()) -> dict[str, torch.Tensor]:
+    """The generator's own weights and buffers, without the head model's (which must never be
+    overwritten by a checkpoint: the head object is shared, and float16 storage would round it)."""
+    return {k: convert(v) for k, v in generator.state_dict().items() if not k.startswith(HEAD_PREFIX)}
+
+
+def save_generator(generator: AgoraGenerator, path: str | os.PathLike, extra: dict | None = None,
+                   half: bool = False) -> Path:
+    """Write ``generator`` (weights, config and head-model identity) atomically.
+
+    ``half`` stores floating-point tensors as float16 (half the size; loading casts them back to
+    float32). The shipped built-in model is stored that way.
+    """
+    def stored(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().cpu()
+        return t.half() if half and t.is_floating_point() else t
+
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "config": generator.cfg.to_dict(),
         "head": {"name": generator.head.name, "num_vertices": generator.head.num_vertices,
                  "condition_names": generator.head.condition_names()},
-        "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
+        "state_dict": network_state(generator, stored),
         "extra": extra or {},
     }
     path = Path(path)
@@ -55,20 +73,29 @@ def save_generator(generator: AgoraGenerator, path: str | os.PathLike, extra: di
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load and validate a checkpoint's dict (tensors on CPU); raise :class:`CheckpointError`."""
+def load_plain_data(path: str | os.PathLike, error: type[AgoraError] = AgoraError, what: str = "checkpoint") -> object:
+    """``torch.load(weights_only=True)`` of a file that must hold only tensors and plain data.
+
+    Anything else (a pickled object, a corrupt or foreign file) raises ``error`` with one clear line;
+    the restricted unpickler never runs code from the file.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise error(f"{what} not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a checkpoint (expected a torch.save zip archive)")
+        raise error(f"{path}: not a {what} (expected a torch.save zip archive)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain data "
-                              "(loading it could run code)") from None
+        raise error(f"{path}: refused to load: it holds objects other than tensors and plain data "
+                    "(loading it could run code)") from None
     except Exception as exc:  # zip/format errors of a corrupt or foreign file
-        raise CheckpointError(f"{path}: not a readable agora checkpoint ({type(exc).__name__})") from None
+        raise error(f"{path}: not a readable {what} ({type(exc).__name__})") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate a checkpoint's dict (tensors on CPU); raise :class:`CheckpointError`."""
+    payload = load_plain_data(path, CheckpointError, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an agora generator checkpoint (missing format '{FORMAT}')")
     if payload.get("version") != VERSION:
@@ -101,7 +128,9 @@ def load_generator(path: str | os.PathLike, head: HeadModel) -> AgoraGenerator:
             f"'{head.name}' ({head.num_vertices} vertices, {head.condition_dim} condition values)")
     generator = AgoraGenerator(config_from_dict(payload["config"], str(path)), head)
     try:
-        missing, unexpected = generator.load_state_dict(payload["state_dict"], strict=False)
+        weights = {k: v for k, v in payload["state_dict"].items() if not k.startswith(HEAD_PREFIX)}
+        missing, unexpected = generator.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip()
         raise CheckpointError(f"{path}: weights do not fit the config: {first}") from None
@@ -110,17 +139,39 @@ def load_generator(path: str | os.PathLike, head: HeadModel) -> AgoraGenerator:
     return generator
 
 
+BUILTIN_MODEL = Path(__file__).resolve().parent / "data" / "builtin_generator.pt"
+BUILTIN_MODEL_HEAD = "builtin"
+BUILTIN_MODEL_PRESET = "small"
+
+
+def builtin_model_applies(head: HeadModel, preset: str) -> bool:
+    """Whether the shipped trained model serves this head model and preset."""
+    return head.name == BUILTIN_MODEL_HEAD and preset == BUILTIN_MODEL_PRESET and BUILTIN_MODEL.is_file()
+
+
 def build_generator(checkpoint: str | os.PathLike | None, head: HeadModel, preset: str = "small",
                     init_seed: int = 0) -> AgoraGenerator:
-    """The generator the commands use: from ``checkpoint`` when given, else a seeded untrained
-    ``preset`` generator (until a trained built-in model ships)."""
+    """The generator the commands use, in eval mode, with a ``source`` string saying where its weights came from:
+
+    * ``checkpoint`` when given;
+    * else the built-in trained model (``agora_core/data/builtin_generator.pt``) for the built-in head
+      and preset ``small`` - the model `agora-train` produced on the synthetic data (docs/training.md);
+    * else a seeded untrained ``preset`` generator (other presets, FLAME heads).
+    """
     from agora_core.generator import get_preset
 
     if checkpoint is not None:
-        return load_generator(checkpoint, head).eval()
-    try:
-        cfg = get_preset(preset)
-    except ValueError as exc:
-        raise AgoraError(str(exc)) from None
-    torch.manual_seed(init_seed)
-    return AgoraGenerator(cfg, head).eval()
+        gen = load_generator(checkpoint, head)
+        gen.source = f"checkpoint {Path(checkpoint).name}"
+    elif builtin_model_applies(head, preset):
+        gen = load_generator(BUILTIN_MODEL, head)
+        gen.source = "built-in trained model"
+    else:
+        try:
+            cfg = get_preset(preset)
+        except ValueError as exc:
+            raise AgoraError(str(exc)) from None
+        torch.manual_seed(init_seed)
+        gen = AgoraGenerator(cfg, head)
+        gen.source = f"untrained weights (init seed {init_seed})"
+    return gen.eval()

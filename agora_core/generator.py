@@ -58,7 +58,7 @@ class GeneratorConfig:
     pos_max: float = 0.25  # metres, bound of the identity branch's offset from the mesh (tanh)
     deform_pos_max: float = 0.025  # metres, bound of the deformation branch's offset (tanh)
     scale_max: float = 0.05  # metres, upper bound of a Gaussian's standard deviation
-    scale_init: float | None = None  # metres at zero output; None = half the mean lattice spacing on the mesh
+    scale_init: float | None = None  # metres at zero output; None = 0.8 x the mean lattice spacing on the mesh (no gaps)
     deform_log_scale_max: float = 1.0  # bound of the log-scale residual (tanh)
     out_gain_position: float = 0.02  # initial output gains keep a fresh generator on the mesh surface
     out_gain_other: float = 0.25
@@ -257,24 +257,39 @@ class AgoraGenerator(nn.Module):
         self.cfg = cfg.validate()
         self.head = head
         data = head.data
-        self.lattice = lattice_size(data.uvs, data.uv_faces, cfg)
-        self.samples: UVSamples = lattice_samples(data.uvs, data.uv_faces, self.lattice)
-        if self.samples.count == 0:
-            raise ValueError(f"head model '{head.name}' has an empty UV atlas")
-        self.register_buffer("sample_uv", self.samples.uv, persistent=False)
-        self.register_buffer("sample_face", self.samples.face_idx, persistent=False)
-        self.register_buffer("sample_bary", self.samples.bary, persistent=False)
+        self._build_lattice()
         self.shape_baker = UVBaker(data.uvs, data.uv_faces, data.faces, cfg.uv_res)
         self.mapping = MappingNetwork(cfg.z_dim, cfg.c_dim, cfg.w_dim, cfg.mapping_layers)
         self.synthesis = SynthesisNetwork(cfg)
         self.deformation = DeformationBranch(cfg, head.condition_dim)
-        scale_init = cfg.scale_init if cfg.scale_init is not None else 0.5 * self._mean_spacing()
+        self.estimate_w_avg()
+
+    def _build_lattice(self) -> None:
+        """Sample the UV lattice of ``cfg`` and derive the scale activation from its spacing."""
+        cfg, data = self.cfg, self.head.data
+        self.lattice = lattice_size(data.uvs, data.uv_faces, cfg)
+        self.samples: UVSamples = lattice_samples(data.uvs, data.uv_faces, self.lattice)
+        if self.samples.count == 0:
+            raise ValueError(f"head model '{self.head.name}' has an empty UV atlas")
+        device = self.head.v_template.device
+        self.register_buffer("sample_uv", self.samples.uv.to(device), persistent=False)
+        self.register_buffer("sample_face", self.samples.face_idx.to(device), persistent=False)
+        self.register_buffer("sample_bary", self.samples.bary.to(device), persistent=False)
+        scale_init = cfg.scale_init if cfg.scale_init is not None else 0.8 * self._mean_spacing()
         if not 0.0 < scale_init < cfg.scale_max:
             raise ValueError(f"scale_init {scale_init:.4g} must lie in (0, scale_max={cfg.scale_max})")
         self.log_scale_max = math.log(cfg.scale_max)
         # softplus offset so that a zero network output gives log(scale_init)
         self.scale_softplus_shift = math.log(math.expm1(self.log_scale_max - math.log(scale_init)))
-        self.estimate_w_avg()
+
+    def set_gaussian_count(self, target_gaussians: int) -> None:
+        """Re-sample the UV lattice for about ``target_gaussians`` Gaussians (the networks are unchanged).
+
+        The paper's stage 2 grows the Gaussian count; the UV maps do not depend on it, so training
+        continues with the same weights on a denser lattice.
+        """
+        self.cfg = replace(self.cfg, target_gaussians=int(target_gaussians), lattice=None).validate()
+        self._build_lattice()
 
     # ------------------------------------------------------------------ geometry
     def _mean_spacing(self) -> float:

@@ -215,6 +215,7 @@ def project_gaussians(
 #   threshold (<= 32 MB) are page-faulted afresh on every call and made 256 px renders ~8x
 #   slower than the pair count predicts.
 PAIR_CHUNK = 1 << 19
+PAIR_CHUNK_CUDA = 1 << 23  # bands of ~8M pairs on a GPU: fewer, larger kernels
 
 
 def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -261,8 +262,13 @@ def _row_spans(
     width: int,
     height: int,
     max_radius: float | None,
+    row_offset: torch.Tensor | None = None,
 ) -> _Rows:
     """Pixel spans where ``alpha >= 1/255`` (up to rounding) for every Gaussian.
+
+    ``row_offset`` (int64 per Gaussian) places a Gaussian's image at that row of a taller output
+    (a batch rasterized as one image ``B*height`` rows tall); spans are computed and clipped in
+    the Gaussian's own ``height``-row image, so the result is exactly that of a separate render.
 
     The alpha threshold bounds ``sigma = ½ dᵀ Σ⁻¹ d <= s = ln(255 o)``: rows ``|dy| <=
     sqrt(2 s Σ_yy)``; within a row the ``dx`` interval is the root interval of
@@ -294,6 +300,8 @@ def _row_spans(
     x1 = torch.floor(mxr + hi - 0.5).clamp(min=-1, max=width - 1)
     ncols = (x1 - x0 + 1).clamp(min=0).long()
     keep = ncols > 0
+    if row_offset is not None:
+        row_y = row_y + _take(row_offset, row_g)
     return _Rows(row_g, row_y, dy, x0.long(), ncols).subset(keep)
 
 
@@ -433,15 +441,16 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, means2d, conics, opacities, feats, width: int, height: int, max_radius: float | None, chunk: int
+        ctx, means2d, conics, opacities, feats, width: int, height: int, max_radius: float | None, chunk: int,
+        images: int = 1, row_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         conics_t = conics.t().contiguous()  # [3, N]
         feats_t = feats.t().contiguous()  # [F, N]
         opacities = opacities.contiguous()
         mx = means2d[:, 0].contiguous()
-        rows = _row_spans(means2d, conics, opacities, width, height, max_radius)
-        rows, bands = _bands(rows, height, chunk)
-        out = feats.new_zeros(feats.shape[1] + 1, width * height)
+        rows = _row_spans(means2d, conics, opacities, width, height, max_radius, row_offset)
+        rows, bands = _bands(rows, images * height, chunk)
+        out = feats.new_zeros(feats.shape[1] + 1, width * height * images)
         states = []
         for s0, s1, y0, y1 in bands:
             pairs = _band_pairs(rows.subset(slice(s0, s1)), y0, width, mx)
@@ -461,7 +470,7 @@ class _Composite(torch.autograd.Function):
         for st in ctx.states:
             grads.index_add_(1, st.pairs.gid, _composite_band_backward(st, grad_out, conics_t, opacities, feats_t))
         grads = grads.t()
-        return grads[:, 0:2], grads[:, 2:5], grads[:, 5], grads[:, 6:], None, None, None, None
+        return grads[:, 0:2], grads[:, 2:5], grads[:, 5], grads[:, 6:], None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------- torch backend
@@ -473,24 +482,32 @@ def _rasterize_torch(
     far: float,
     max_radius: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pure-PyTorch forward; returns ``rgb [B,H,W,3]``, ``alpha``, ``depth`` (no background)."""
+    """Pure-PyTorch forward; returns ``rgb [B,H,W,3]``, ``alpha``, ``depth`` (no background).
+
+    The ``B`` images are composited in one pass as a single image ``B*H`` rows tall: every
+    Gaussian's spans are computed in its own image and placed ``i*H`` rows down, and the
+    Gaussians are ordered image by image, front to back, so each pixel sees exactly its own
+    image's Gaussians in depth order (no per-image Python loop: a few large kernels on a GPU).
+    """
     W, H, B = camera.width, camera.height, camera.batch_size
     proj = project_gaussians(
         gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
         camera.viewmat, camera.K, W, H, eps2d=eps2d, near=near, far=far,
     )
     rgb = gaussians.colors(camera.position)  # [B, G, 3] (campos [B, 3] broadcasts over shared Gaussians)
-    feats = torch.cat((rgb, proj.depths.unsqueeze(-1)), dim=-1)  # [B, G, 4]
-    images = []
-    for i in range(B):
-        idx = torch.nonzero(proj.valid[i]).squeeze(1)
-        idx = idx[torch.argsort(proj.depths[i, idx].detach(), stable=True)]
-        out = _Composite.apply(
-            proj.means2d[i, idx], proj.conics[i, idx], proj.opacities[i, idx], feats[i, idx], W, H, max_radius,
-            PAIR_CHUNK,
-        )
-        images.append(out.t().reshape(H, W, -1))
-    out = torch.stack(images)  # [B, H, W, 5]
+    feats = torch.cat((rgb.expand(B, -1, -1), proj.depths.unsqueeze(-1)), dim=-1)  # [B, G, 4]
+    G = proj.depths.shape[1]
+    key = torch.where(proj.valid, proj.depths.detach(), torch.full_like(proj.depths, math.inf))
+    order = torch.sort(key, dim=1, stable=True).indices  # valid Gaussians first, front to back
+    kept = torch.arange(G, device=key.device)[None] < proj.valid.sum(dim=1, keepdim=True)
+    flat = (order + torch.arange(B, device=key.device)[:, None] * G)[kept]  # image-major, depth order
+    row_offset = torch.div(flat, G, rounding_mode="floor") * H
+    chunk = PAIR_CHUNK_CUDA if key.device.type == "cuda" else PAIR_CHUNK
+    out = _Composite.apply(
+        proj.means2d.reshape(B * G, 2)[flat], proj.conics.reshape(B * G, 3)[flat],
+        proj.opacities.reshape(B * G)[flat], feats.reshape(B * G, -1)[flat], W, H, max_radius, chunk, B, row_offset,
+    )
+    out = out.t().reshape(B, H, W, -1)  # [B, H, W, 5]
     return out[..., 0:3], out[..., 4:5], out[..., 3:4]
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from agora_core.checkpoint import CheckpointError, build_generator, load_generator, save_generator
-from agora_core.generator import z_from_seed
+from agora_core.generator import AgoraGenerator, get_preset, z_from_seed
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,17 @@ def test_checkpoint_for_another_head_is_refused(tiny, tmp_path):
     other = HeadModel(load_flame(make_fake_flame(tmp_path / "flame")))
     with pytest.raises(CheckpointError, match="trained on head model 'builtin'"):
         load_generator(path, other)
+
+
+def test_half_checkpoint_leaves_the_shared_head_model_untouched(builtin_head, tmp_path):
+    torch.manual_seed(1)
+    gen = AgoraGenerator(get_preset("tiny"), builtin_head)
+    before = {k: v.clone() for k, v in builtin_head.state_dict().items()}
+    path = save_generator(gen, tmp_path / "half.pt", half=True)
+    payload = torch.load(path, weights_only=True)
+    assert not any(k.startswith("head.") for k in payload["state_dict"])
+    assert payload["state_dict"]["mapping.w_avg"].dtype == torch.float16
+    again = load_generator(path, builtin_head)
+    assert all(torch.equal(before[k], v) for k, v in builtin_head.state_dict().items())
+    assert again.mapping.w_avg.dtype == torch.float32
+    torch.testing.assert_close(again.mapping.w_avg, gen.mapping.w_avg, rtol=1e-3, atol=1e-4)

@@ -1,0 +1,183 @@
+"""Training with dual discrimination on the `tiny` preset: losses, R1 schedule, resume, safety, CLI."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from agora_core.dataset import HeadImageDataset
+from agora_core.discriminator import Discriminator, DiscriminatorConfig, minibatch_stddev
+from agora_core.synthetic import SyntheticConfig, write_synthetic_dataset
+from agora_core.training import (
+    DatasetSource, LossWeights, RunPaths, StageConfig, TrainConfig, Trainer, TrainingError, open_run, parse_stages, read_state,
+    save_state, train,
+)
+from exporter.train_cli import app as train_app
+
+STAGES = [StageConfig(0.008, 32, 150), StageConfig(0.008, 64, 600, beta_opacity=True)]
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic_dataset(out, SyntheticConfig(num=12, seed=3, resolution=32, batch_size=12))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(synth_dir, builtin_head) -> DatasetSource:
+    return DatasetSource(HeadImageDataset(synth_dir, resolution=64, head=builtin_head, preload=True))
+
+
+def tiny_config(synth_dir: Path, **overrides) -> TrainConfig:
+    base = dict(data=str(synth_dir), preset="tiny", batch=4, device="cpu", stages=list(STAGES),
+                losses=LossWeights(r1_interval=2), sample_every=0, checkpoint_every=0, seed=5)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_discriminator_shapes_and_camera_conditioning():
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(resolution=32, channel_base=256, channel_max=32))
+    x = torch.rand(4, 6, 32, 32)
+    c = torch.randn(4, 25)
+    out = D(x, c)
+    assert out.shape == (4,) and torch.isfinite(out).all()
+    assert not torch.allclose(out, D(x, c + 1.0)), "the camera must change the score"
+    assert D(torch.rand(4, 6, 64, 64), c).shape == (4,)  # other sizes are resized
+    with pytest.raises(ValueError, match="6, H, W"):
+        D(torch.rand(4, 3, 32, 32), c)
+    y = minibatch_stddev(torch.randn(4, 8, 4, 4), 2)
+    assert y.shape == (4, 9, 4, 4)
+
+
+def test_steps_finite_r1_schedule_and_weights_change(synth_dir, dataset, builtin_head):
+    trainer = Trainer(tiny_config(synth_dir), builtin_head, dataset)
+    g0, d0 = params(trainer.G), params(trainer.D)
+    seen = []
+    for _ in range(4):
+        losses = trainer.train_step()
+        values = losses.as_dict()
+        assert all(torch.isfinite(torch.tensor(v)) for v in values.values()), values
+        seen.append(losses.r1 is not None)
+    assert seen == [True, False, True, False]  # R1 every r1_interval=2 steps, starting at step 0
+    changed_g = [k for k, v in params(trainer.G).items() if k in g0 and not torch.equal(v, g0[k])]
+    changed_d = [k for k, v in params(trainer.D).items() if not torch.equal(v, d0[k])]
+    assert any(k.startswith("synthesis.") for k in changed_g)
+    assert any(k.startswith("deformation.") for k in changed_g)
+    assert changed_d
+    ema = dict(trainer.G_ema.named_parameters())
+    assert any(not torch.equal(p, ema[k]) for k, p in trainer.G.named_parameters()), "EMA is a lagging copy"
+
+
+def test_stage_change_grows_gaussians(synth_dir, dataset, builtin_head):
+    trainer = Trainer(tiny_config(synth_dir, batch=4), builtin_head, dataset)
+    first = trainer.G.num_gaussians
+    while trainer.stage_index == 0 and not trainer.finished:
+        trainer.train_step()
+    trainer.train_step()
+    assert trainer.stage_index == 1
+    assert trainer.G.num_gaussians > 2 * first
+    assert trainer.G_ema.num_gaussians == trainer.G.num_gaussians
+
+
+def test_resume_is_bit_identical(tmp_path, synth_dir, dataset, builtin_head):
+    cfg = tiny_config(synth_dir)
+    a = Trainer(cfg, builtin_head, dataset)
+    for _ in range(2):
+        a.train_step()
+    save_state(a, tmp_path / "state.pt")
+    next_a = [a.train_step().as_dict() for _ in range(2)]
+    b = Trainer(cfg, builtin_head, dataset)
+    b.load_state_dict(read_state(tmp_path / "state.pt"))
+    next_b = [b.train_step().as_dict() for _ in range(2)]
+    assert next_a == next_b
+    for name, module in (("G", "G"), ("G_ema", "G_ema"), ("D", "D")):
+        pa, pb = params(getattr(a, module)), params(getattr(b, module))
+        assert all(torch.equal(pa[k], pb[k]) for k in pa), name
+    assert (a.step, a.images_seen) == (b.step, b.images_seen)
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch /tmp/agora-pwned-by-checkpoint",))
+
+
+def test_training_checkpoint_never_runs_pickled_code(tmp_path):
+    marker = Path("/tmp/agora-pwned-by-checkpoint")
+    marker.unlink(missing_ok=True)
+    bad = tmp_path / "latest.pt"
+    torch.save({"format": "agora-train-state", "version": 1, "G": _Payload()}, bad)
+    with pytest.raises(TrainingError, match="refused to load"):
+        read_state(bad)
+    assert not marker.exists()
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="not a training checkpoint"):
+        read_state(tmp_path / "garbage.pt")
+
+
+def test_parse_stages():
+    stages = parse_stages("64x4000:200, 128x16000:300+beta")
+    assert stages == [StageConfig(200, 64, 4000), StageConfig(300, 128, 16000, True)]
+    for bad in ("64:200", "65x100:1", "64x100:-1", ""):
+        with pytest.raises(TrainingError):
+            parse_stages(bad)
+
+
+def test_run_folder_refuses_to_overwrite(tmp_path, synth_dir, dataset, builtin_head):
+    paths = RunPaths(tmp_path / "run")
+    trainer = open_run(paths, tiny_config(synth_dir), builtin_head, dataset, resume=False)
+    train(trainer, paths, progress=False, max_steps=1)
+    with pytest.raises(TrainingError, match="--resume"):
+        open_run(paths, tiny_config(synth_dir), builtin_head, dataset, resume=False)
+
+
+def test_cli_run_resume_export(tmp_path, synth_dir):
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    common = ["run", str(synth_dir), "--out", str(run_dir), "--preset", "tiny", "--batch", "4", "--device", "cpu",
+              "--no-progress", "--sample-every", "2"]
+    res = runner.invoke(train_app, common + ["--stages", "32x150:0.008,64x600:0.004+beta", "--max-minutes", "0"])
+    assert res.exit_code == 0, res.output
+    state = read_state(run_dir / "checkpoints" / "latest.pt")
+    assert state["step"] == 1  # a zero budget stops after the first step, with a checkpoint
+    res = runner.invoke(train_app, common + ["--resume"])
+    assert res.exit_code == 0, res.output
+    assert "resuming at step 1" in res.output
+    state = read_state(run_dir / "checkpoints" / "latest.pt")
+    assert state["images_seen"] >= 12 and state["stage_index"] == 1
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["stages"][1] == {"kimg": 0.004, "resolution": 64, "gaussians": 600, "beta_opacity": True}
+    assert len(list((run_dir / "samples").glob("*.png"))) >= 2
+    assert sum(1 for _ in (run_dir / "log.jsonl").open()) == state["step"]
+    out = tmp_path / "model.pt"
+    res = runner.invoke(train_app, ["export", str(run_dir), str(out), "--half"])
+    assert res.exit_code == 0, res.output
+    payload = torch.load(out, weights_only=True)
+    assert payload["state_dict"]["mapping.w_avg"].dtype == torch.float16
+    assert payload["extra"]["trained"]["steps"] == state["step"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "/nonexistent/data", "--out", "{tmp}/r"], "/nonexistent/data"),
+    (["run", "{data}", "--out", "{tmp}/r", "--stages", "64x:1"], "bad stage"),
+    (["run", "{data}", "--out", "{tmp}/r", "--preset", "huge"], "unknown generator preset"),
+    (["run", "{data}", "--out", "{tmp}/nothing", "--resume"], "not a training run"),
+    (["export", "{tmp}", "{tmp}/m.pt"], "not a training run"),
+    (["export", "{tmp}", "{tmp}/m.bin"], "must be a .pt file"),
+])
+def test_cli_user_errors(tmp_path, synth_dir, args, message):
+    args = [a.format(tmp=tmp_path, data=synth_dir) for a in args]
+    res = CliRunner().invoke(train_app, args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output

@@ -82,13 +82,18 @@ VISIBILITY_TOLERANCES = {"xyz": 1e-4, "scale": 0.01, "rotation": 0.005, "opacity
 def residual_rms(result: ExtractionResult) -> dict[str, np.ndarray]:
     """Per Gaussian and group, the RMS residual the bases reproduce over the sampled tuples ``[G]``:
     ``sqrt(sum_k (s_k^2 / N) |U_k[n]|^2)`` with ``s_k`` the singular values."""
-    w = coefficient_rms(result)
+    return basis_residual_rms({g: result.bases[g].numpy() for g in GROUP_NAMES}, coefficient_rms(result))
+
+
+def basis_residual_rms(bases: dict[str, np.ndarray], coef_rms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``sqrt(sum_k w_k^2 |U_k[n]|^2)`` per Gaussian ``[G]`` for dense bases ``[K, G, d]`` and typical
+    coefficient magnitudes ``w`` (``[K]`` per group)."""
     out = {}
     for g in GROUP_NAMES:
-        U = result.bases[g].numpy()  # [K, G, d]
+        U = bases[g]  # [K, G, d]
         energy = np.zeros(U.shape[1], np.float64)
         for k in range(U.shape[0]):
-            energy += float(w[g][k]) ** 2 * np.square(U[k].astype(np.float64)).sum(-1)
+            energy += float(coef_rms[g][k]) ** 2 * np.square(U[k].astype(np.float64)).sum(-1)
         out[g] = np.sqrt(energy)
     return out
 
@@ -97,13 +102,20 @@ def sparsify(bundle: AgmBundle, result: ExtractionResult, tolerance: float = 1.0
     """Give every group a sparse index: the Gaussians whose expected change exceeds
     ``tolerance x VISIBILITY_TOLERANCES`` (scale relative to the smallest neutral scale of any
     identity). Returns the kept fraction per group."""
-    rms = residual_rms(result)
+    return sparsify_bases(bundle, {g: result.bases[g].numpy() for g in GROUP_NAMES}, coefficient_rms(result), tolerance)
+
+
+def sparsify_bases(bundle: AgmBundle, bases: dict[str, np.ndarray], coef_rms: dict[str, np.ndarray],
+                   tolerance: float = 1.0) -> dict[str, float]:
+    """:func:`sparsify` for dense bases ``[K, G, d]`` and coefficient RMS values from any source
+    (e.g. an imported release, :mod:`exporter.official`)."""
+    rms = basis_residual_rms(bases, coef_rms)
     scale_ref = np.min(np.stack([i.neutral.scales.numpy().mean(-1) for i in bundle.identities]), axis=0)
     kept = {}
     for g, basis in bundle.bases.items():
         change = rms[g] / np.maximum(scale_ref, 1e-9) if g == "scale" else rms[g]
         keep = np.flatnonzero(change >= tolerance * VISIBILITY_TOLERANCES[g]).astype(np.uint32)
-        basis.values = np.ascontiguousarray(result.bases[g].numpy()[:, keep])
+        basis.values = np.ascontiguousarray(bases[g][:, keep])
         basis.index = keep
         kept[g] = len(keep) / bundle.gaussian_count
     return kept

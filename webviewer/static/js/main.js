@@ -7,6 +7,7 @@
 // sortbits (16..32), autoplay (1).
 
 import { Player, parseSequence } from "./playback.js";
+import { isSequenceFile, readSequenceFile } from "./sequences.js";
 import { attachControls } from "./controls.js";
 import { ViewerUI } from "./ui.js";
 import { Viewer } from "./viewer.js";
@@ -175,9 +176,9 @@ function applySequence(json, label, quiet = false) {
 }
 
 async function openFile(file) {
-  if (file.name.toLowerCase().endsWith(".json")) {
+  if (isSequenceFile(file.name)) { // .json, .csv (ARKit), .npz (VHAP, SMIRK): see sequences.js
     try {
-      applySequence(JSON.parse(await file.text()), file.name);
+      applySequence(await readSequenceFile(file.name, await file.arrayBuffer()), file.name);
     } catch (err) {
       report(`Could not read ${file.name}`, err);
     }
@@ -262,7 +263,8 @@ Object.assign(api, {
   stats: () => ({ ...viewer.stats, sorts: viewer.sorter?.stats.sorts ?? 0, drawPath: viewer.drawPath,
     gpuBytes: viewer.data?.gpuBytes() ?? 0 }),
   player,
-  openSequence: async (url) => applySequence(await (await fetch(url)).json(), baseName(url)),
+  openSequence: async (url) => applySequence(await readSequenceFile(baseName(url), await (await fetch(url)).arrayBuffer()),
+    baseName(url)),
   /**
    * Frame-time benchmark: `frames` frames after `warmup`, each forced to finish on the GPU with a
    * 1-pixel readPixels (gl.finish does not wait under SwiftShader). mode "static": one splat pass;
@@ -328,7 +330,9 @@ async function boot() {
   viewer.start(onFrame);
 
   const sequenceUrl = query.get("sequence") || "static/sequences/demo.json";
-  const sequence = fetch(sequenceUrl).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+  const sequence = fetch(sequenceUrl)
+    .then(async (r) => (r.ok ? readSequenceFile(baseName(sequenceUrl), await r.arrayBuffer()) : null))
+    .catch((err) => { console.warn(err.message); return null; });
 
   let url = query.get("bundle");
   if (url && !url.includes("/")) url = `bundles/${encodeURIComponent(url)}`;

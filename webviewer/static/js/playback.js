@@ -1,7 +1,12 @@
 // Driving-sequence playback: a JSON {num_frames, params_dim, fps, frames[num_frames][params_dim]}
 // with optional "names" (params_dim parameter names; then frames are mapped onto the bundle's
 // parameters by name, unknown names ignored, missing ones at their default). Without names the
-// sequence must have exactly the bundle's parameter count, in the bundle's order.
+// sequence must have exactly the bundle's parameter count, in the bundle's order; a 55-value frame
+// without names is the authors' layout (exp_0..exp_49, jaw, eyelids). Sequences converted from
+// another format ("source" other than "agora", see sequences.js) and the authors' layout are matched
+// strictly by name: a layout that does not fit the bundle is refused, naming the mismatch.
+
+import { flameNames, matchLayout } from "./sequences.js";
 
 export class SequenceError extends Error {}
 
@@ -23,13 +28,20 @@ export function parseSequence(json, parameters, label = "sequence") {
       fail(`names must be a list of ${dim} strings`);
     }
     const where = new Map(parameters.map((p, i) => [p.name, i]));
-    map = json.names.map((name) => (where.has(name) ? where.get(name) : -1));
-    matched = map.filter((i) => i >= 0).length;
-    if (matched === 0) fail("none of its parameter names is in this bundle");
-  } else {
-    if (dim !== P) fail(`has ${dim} parameters per frame but the bundle has ${P} (add "names" to map by name)`);
+    if (typeof json.source === "string" && json.source !== "agora") {
+      ({ index: map, matched } = strictMatch(json.names, parameters, label));
+    } else {
+      map = json.names.map((name) => (where.has(name) ? where.get(name) : -1));
+      matched = map.filter((i) => i >= 0).length;
+      if (matched === 0) fail("none of its parameter names is in this bundle");
+    }
+  } else if (dim === P) {
     map = [...Array(P).keys()];
     matched = P;
+  } else if (dim === AUTHORS_DIM) {
+    ({ index: map, matched } = strictMatch(flameNames(AUTHORS_DIM - 5), parameters, label));
+  } else {
+    fail(`has ${dim} parameters per frame but the bundle has ${P} (add "names" to map by name)`);
   }
   const defaults = parameters.map((p) => p.default);
   const frames = json.frames.map((row, f) => {
@@ -42,6 +54,16 @@ export function parseSequence(json, parameters, label = "sequence") {
     return v;
   });
   return { label, numFrames: n, fps, frames, matched, total: dim };
+}
+
+const AUTHORS_DIM = 55;
+
+function strictMatch(names, parameters, label) {
+  try {
+    return matchLayout(names, parameters.map((p) => p.name), label);
+  } catch (err) {
+    throw new SequenceError(err.message);
+  }
 }
 
 export class Player {

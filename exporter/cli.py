@@ -24,9 +24,10 @@ app = typer.Typer(
 )
 
 HEAD_HELP = "Head model: 'builtin' (ships with agora) or the path of your FLAME generic_model.pkl / flame2023.pkl / .npz."
-CHECKPOINT_HELP = "Generator checkpoint (.pt written by agora). Default: an untrained generator from --preset/--init-seed."
+CHECKPOINT_HELP = ("Generator checkpoint (.pt written by agora). Default: the built-in trained model (built-in head, "
+                   "preset small), else an untrained generator from --preset/--init-seed.")
 PRESET_HELP = "Generator preset when no checkpoint is given (see `agora-export presets`)."
-INIT_SEED_HELP = "Seed of the untrained generator's random weights (ignored with --checkpoint)."
+INIT_SEED_HELP = "Seed of an untrained generator's random weights (used only where no trained model applies)."
 TRUNCATION_HELP = "Truncation psi of the identity latent (1 = none)."
 
 # the model options shared by every command that runs the generator
@@ -126,9 +127,37 @@ def preview(
             gaussians = gen.animate(identity_cache(gen, s, truncation))[0]
             tiles.extend(rasterize(gaussians, cams, background=torch.ones(3)).image.unbind(0))
     save_png(image_grid(tiles, columns=len(yaw)), out)
-    source = f"checkpoint {checkpoint}" if checkpoint else f"untrained weights from init seed {init_seed}"
     typer.echo(f"wrote {out} ({len(seed)} avatar(s) x {len(yaw)} view(s), {gen.num_gaussians:,} Gaussians, "
-               f"preset {gen.cfg.name}, {source})")
+               f"preset {gen.cfg.name}, {gen.source})")
+
+
+@app.command()
+@user_errors
+def gallery(
+    out: Path = typer.Argument(..., help="PNG file to write."),
+    seed: list[int] = typer.Option([0, 1, 2, 3, 4, 5], "--seed", help="Identity seeds; repeat the option (one row each)."),
+    expression: Optional[list[str]] = typer.Option(
+        None, "--expression", help="Named expressions, one column each: neutral, smile, open, blink, surprise. "
+                                   "Default: every one the head model supports."),
+    checkpoint: CheckpointOpt = None,
+    head: HeadOpt = "builtin",
+    preset: PresetOpt = "small",
+    init_seed: InitSeedOpt = 0,
+    truncation: TruncationOpt = 0.7,
+    size: int = typer.Option(160, min=16, max=1024, help="Size of each tile in pixels."),
+    yaw: float = typer.Option(20.0, min=-90.0, max=90.0, help="Camera yaw in degrees."),
+) -> None:
+    """Render a seeds x expressions grid: the quick look at what a model generates and how it animates."""
+    from agora_core.io_utils import save_png
+    from agora_core.showcase import available_expressions, render_gallery
+
+    require_suffix(out, ".png")
+    gen = load_model(checkpoint, head, preset, init_seed)
+    names = list(expression) if expression else available_expressions(gen.head)
+    image = render_gallery(gen, list(seed), names, size=size, yaw_deg=yaw, truncation=truncation)
+    save_png(image, out)
+    typer.echo(f"wrote {out} ({len(seed)} seed(s) x {len(names)} expression(s): {', '.join(names)}; "
+               f"{gen.num_gaussians:,} Gaussians, {gen.source})")
 
 
 @app.command()
@@ -240,7 +269,7 @@ def bundle(
     gen = load_model(checkpoint, head, preset, init_seed)
     result = extract_agora_m(gen, config, progress=not quiet)
     provenance = {"checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
-                  "init_seed": None if checkpoint else init_seed}
+                  "init_seed": None if checkpoint else init_seed, "weights": gen.source}
     agm = build_bundle(result, gen, provenance)
     if sparse:
         sparsify(agm, result, sparse_tolerance)
@@ -329,6 +358,17 @@ def serve(
                                                "(your network: prints the LAN URL and a QR code for a phone)."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on (0: any free port)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Validate every bundle before serving."),
+    bench: bool = typer.Option(False, "--bench", help="Benchmark mode: also serve the ONNX baseline of the first "
+                               "bundle's avatar (built from its provenance) for /bench, save the results phones "
+                               "send, and print the URL/QR code of /bench."),
+    baseline_onnx: Optional[Path] = typer.Option(None, help="With --bench: use this `agora-export onnx` file as the "
+                                                 "baseline instead of building one (needs --baseline-inputs)."),
+    baseline_inputs: Optional[Path] = typer.Option(None, help="With --baseline-onnx: its identity inputs "
+                                                   "(`agora-export onnx --features-out` .npz)."),
+    results_dir: Optional[Path] = typer.Option(None, help="With --bench: where posted results are saved "
+                                               "(default: bench-results/ beside the first bundle)."),
+    checkpoint: CheckpointOpt = None,
+    head: Annotated[Optional[str], typer.Option(help="With --bench, for a FLAME bundle: its head model file.")] = None,
 ) -> None:
     """Serve the WebGL2 viewer and the given .agm bundle(s) (nothing else) until Ctrl-C."""
     from exporter.agm import read_agm
@@ -339,7 +379,106 @@ def serve(
             raise AgoraError(f"bundle not found: {path}")
         if check:
             read_agm(path)
-    server.serve(bundles, host=host, port=port, echo=typer.echo)
+    options = {}
+    if bench:
+        options = bench_serving(bundles[0], baseline_onnx, baseline_inputs, results_dir, checkpoint, head)
+    elif baseline_onnx or baseline_inputs or results_dir or checkpoint or head:
+        raise AgoraError("--baseline-onnx, --baseline-inputs, --results-dir, --checkpoint and --head need --bench")
+    server.serve(bundles, host=host, port=port, echo=typer.echo, **options)
+
+
+def bench_serving(bundle_path: Path, baseline_onnx: Optional[Path], baseline_inputs: Optional[Path],
+                  results_dir: Optional[Path], checkpoint: Optional[Path], head: Optional[str]) -> dict:
+    """``serve --bench``: the baseline matching the bundle, the results folder, a check of onnxruntime-web."""
+    import time
+
+    from exporter.baseline import build_baseline, load_baseline
+    from webviewer.bench_server import ORT_EP_FILES, ort_dir_default
+
+    ort_dir = ort_dir_default()
+    if not all((ort_dir / f).is_file() for f in ORT_EP_FILES["wasm"]):
+        raise AgoraError(f"onnxruntime-web is not installed in {ort_dir}: run `npm ci` in the agora repository "
+                         "(or point AGORA_ORT_DIR at its dist folder)")
+    if (baseline_onnx is None) != (baseline_inputs is None):
+        raise AgoraError("--baseline-onnx and --baseline-inputs go together")
+    t0 = time.perf_counter()
+    if baseline_onnx is not None:
+        baseline = load_baseline(baseline_onnx, baseline_inputs, bundle_path)
+    else:
+        typer.echo(f"building the ONNX baseline of {bundle_path.name} (the full AGORA expression path)...")
+        baseline = build_baseline(bundle_path, checkpoint=checkpoint, head=head)
+    match = ("neutral avatar not compared (mean-centred bundle)" if baseline.match_max_m is None else
+             f"matches the bundle's neutral avatar to {1e3 * baseline.match_max_m:.4f} mm")
+    typer.echo(f"baseline: {baseline.num_gaussians:,} Gaussians, {len(baseline.model) / 1e6:.1f} MB, {baseline.source}; "
+               f"{match} ({time.perf_counter() - t0:.1f} s)")
+    folder = results_dir if results_dir is not None else bundle_path.resolve().parent / "bench-results"
+    if folder.exists() and not folder.is_dir():
+        raise AgoraError(f"--results-dir {folder} is not a directory")
+    typer.echo(f"results sent from /bench are saved in {folder}")
+    return {"baseline": baseline, "results_dir": folder, "ort_dir": ort_dir, "page": "bench"}
+
+
+@app.command("import-official")
+@user_errors
+def import_official_cmd(
+    folder: Path = typer.Argument(..., help="The authors' AGORA-M web export folder (pca_basis_K<K>.bin[.gz], "
+                                            "base_attributes.bin, mlp_weights.json, camera_params.json, or seed_<N>/ "
+                                            "sub-folders; see docs/interop.md)."),
+    out: Path = typer.Argument(..., help=".agm bundle to write."),
+    svd: Optional[Path] = typer.Option(None, help="Their svd_basis.pt (float32 bases; default: FOLDER/svd_basis.pt if present)."),
+    mlp: Optional[Path] = typer.Option(None, help="Their mlp_regressor.pt (default: FOLDER/mlp_regressor.pt if present)."),
+    rank: Optional[int] = typer.Option(None, min=1, help="K: keep the first K bases per group (default: all of the largest basis file)."),
+    quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),
+    sparse: bool = typer.Option(True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."),
+    sparse_tolerance: float = typer.Option(1.0, min=0.0, help="With --sparse: multiplier of the visibility tolerances."),
+) -> None:
+    """Convert the authors' AGORA-M release (web export and/or svd_basis.pt + mlp_regressor.pt) into one .agm:
+    their w_code folded into the MLP bias, their 55-value condition layout kept, baked RGB stored as SH DC."""
+    from exporter.official import import_official
+
+    require_suffix(out, ".agm")
+    rep = import_official(folder, out, quant=quant.value, sparse=sparse, sparse_tolerance=sparse_tolerance,
+                          rank=rank, svd=svd, mlp_pt=mlp)
+    st, rel = rep.stats, rep.release
+    lines = [f"wrote {out}",
+             f"  {rel.gaussian_count:,} Gaussians x {len(rel.identities)} identity(ies), K = {rel.rank} per group "
+             f"(bases from {rel.basis_source.name}, MLP from {rel.mlp_source.name}), "
+             f"{rel.mlp.in_features - rel.identities[0].w_code.shape[0]} parameters",
+             f"  size {st.total_bytes / 1e6:.2f} MB = {st.bytes_per_gaussian:.1f} B/Gaussian (bases "
+             f"{st.basis_bytes_per_gaussian:.1f} B/Gaussian, {st.quant}"
+             + (f", kept {', '.join(f'{g} {100 * f:.0f}%' for g, f in rep.kept.items())}; typical coefficients from "
+                f"the {rep.rms_source})" if rep.kept is not None else ", dense)")]
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+@user_errors
+def sequence(
+    src: Path = typer.Argument(..., help="Driving sequence: viewer/authors' JSON, SMIRK outputs (folder or .npz), "
+                                         "VHAP flame_param.npz (or folder), ARKit-52 CSV/JSON."),
+    out: Path = typer.Argument(..., help="The viewer's sequence JSON to write."),
+    bundle: Optional[Path] = typer.Option(None, help="Match the sequence to this .agm's parameters by name: refuse a "
+                                                     "layout mismatch, write its parameters in its order."),
+    fps: Optional[float] = typer.Option(None, min=0.001, help="Frames per second (default: the file's, else the format's)."),
+    smooth: int = typer.Option(0, min=0, help="Savitzky-Golay smoothing window in frames (odd, >= 3; 0 = none)."),
+    smooth_order: int = typer.Option(2, min=0, help="Polynomial order of the smoothing."),
+) -> None:
+    """Convert a driving sequence to the viewer's JSON, optionally checked against a bundle and smoothed."""
+    from exporter.agm import read_agm
+    from exporter.sequences import convert_sequence
+
+    require_suffix(out, ".json")
+    parameters = None
+    if bundle is not None:
+        if not bundle.is_file():
+            raise AgoraError(f"bundle not found: {bundle}")
+        parameters = read_agm(bundle).parameters
+    rep = convert_sequence(src, out, parameters=parameters, fps=fps, smooth=smooth, smooth_order=smooth_order)
+    seq = rep.sequence
+    typer.echo(f"wrote {out} ({seq.num_frames} frames x {len(seq.names)} parameters at {seq.fps:g} fps, from {seq.source}"
+               + (f"; {rep.match.matched} parameters matched to {bundle.name}" if rep.match else "") + ")")
+    for note in seq.notes:
+        typer.echo(f"  {note}")
 
 
 def main() -> None:  # pragma: no cover - entry point

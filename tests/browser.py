@@ -1,6 +1,8 @@
 """Browser-test helpers: headless Debian Chromium through Python Playwright, loopback only.
 
-Import the fixtures into a test module (``from tests.browser import browser, page``). Chromium is
+The ``browser`` (session) and ``page`` fixtures are registered once, in ``tests/conftest.py`` (a
+module that imported them would get its own session-scoped Playwright, and Playwright's sync API
+refuses a second one while the first runs). Chromium is
 launched by :func:`webviewer.headless.launch_chromium` with every loopback-only flag;
 :class:`PageDriver` records every request a page makes (workers included) into its :class:`Site`,
 and :func:`assert_loopback_only` checks that all of them went to 127.0.0.1.

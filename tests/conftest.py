@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from tests.browser import browser, page  # noqa: F401  (shared by every browser test module)
+
 
 @pytest.fixture(scope="session")
 def builtin_head():

@@ -28,8 +28,7 @@ import pytest
 import torch
 
 from exporter.agm import AgmFormatError, read_agm, write_agm
-from tests.browser import (BACKGROUND, PageDriver, assert_loopback_only, browser, make_site, page, psnr,  # noqa: F401
-                           save_png, artifact)
+from tests.browser import BACKGROUND, PageDriver, artifact, assert_loopback_only, make_site, psnr, save_png
 from webviewer.synthetic import synthetic_bundle
 
 SIZE = 256

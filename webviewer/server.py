@@ -9,6 +9,8 @@ Routes (GET and HEAD only):
 * ``/bundles/<name>``    one of the bundles given to :func:`create_app`, looked up by name in a
   fixed table (never by path), with a strong ETag, ``If-None-Match``/``If-Modified-Since`` (304) and
   HTTP ``Range``/``If-Range`` (206/416) support
+* ``/bench``, ``/bench/ort``, ``/ort/<name>``, ``/baseline[/...]`` and ``POST /bench/results``: the
+  benchmark page against the onnxruntime-web baseline (:mod:`webviewer.bench_server`)
 
 Every response carries a restrictive Content-Security-Policy (only this origin), ``nosniff``, no
 referrer, and COOP/COEP (cross-origin isolation: finer ``performance.now()`` for the HUD). The app
@@ -56,7 +58,7 @@ SECURITY_HEADERS = {
 }
 MIME_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".glsl": "text/plain; charset=utf-8",
               ".json": "application/json", ".css": "text/css", ".html": "text/html; charset=utf-8",
-              ".agm": "application/octet-stream"}
+              ".agm": "application/octet-stream", ".wasm": "application/wasm"}
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,13 @@ def bundle_table(paths: Iterable[str | Path]) -> dict[str, ServedBundle]:
     return table
 
 
-def create_app(bundles: Sequence[str | Path], *, static_dir: str | Path = STATIC_DIR) -> Flask:
-    """The viewer app serving ``static_dir`` and exactly the files in ``bundles``."""
+def create_app(bundles: Sequence[str | Path], *, static_dir: str | Path = STATIC_DIR, baseline=None,
+               results_dir: str | Path | None = None, ort_dir: str | Path | None = None) -> Flask:
+    """The viewer app serving ``static_dir`` and exactly the files in ``bundles``; plus the benchmark
+    page, onnxruntime-web, the ONNX ``baseline`` (an :class:`exporter.baseline.Baseline`) and result
+    posts saved in ``results_dir`` (None: refused) - see :mod:`webviewer.bench_server`."""
+    from webviewer.bench_server import register_bench
+
     table = bundle_table(bundles)
     static_dir = Path(static_dir).resolve()
     app = Flask(__name__, static_folder=None)
@@ -124,6 +131,8 @@ def create_app(bundles: Sequence[str | Path], *, static_dir: str | Path = STATIC
             response.headers.setdefault(key, value)
         return response
 
+    register_bench(app, static_dir, CSP, baseline=baseline, ort_dir=ort_dir,
+                   results_dir=Path(results_dir).resolve() if results_dir is not None else None)
     app.extensions["agora_bundles"] = table
     return app
 
@@ -178,18 +187,19 @@ def url_for_host(host: str, port: int) -> str:
 
 
 def banner(table: dict[str, ServedBundle], host: str, port: int, *, lan: Sequence[str] | None = None,
-           ansi: bool = False) -> str:
-    """What :func:`serve` prints: the URLs, and for a non-loopback host the LAN URL and its QR code."""
+           ansi: bool = False, page: str = "") -> str:
+    """What :func:`serve` prints: the URLs, and for a non-loopback host the LAN URL and its QR code
+    (of the page ``page``, e.g. ``"bench"``; default the viewer)."""
     from webviewer.qr import qr_terminal
 
     names = ", ".join(table)
     lines = [f"serving {len(table)} bundle(s): {names}"]
     if is_wildcard(host):
-        lines.append(f"  on this machine: {url_for_host(DEFAULT_HOST, port)}")
+        lines.append(f"  on this machine: {url_for_host(DEFAULT_HOST, port)}{page}")
         addrs = list(lan_addresses() if lan is None else lan)
         if addrs:
-            url = url_for_host(addrs[0], port)
-            lines.append(f"  on your network: {url}" + "".join(f"  (also {url_for_host(a, port)})" for a in addrs[1:]))
+            url = url_for_host(addrs[0], port) + page
+            lines.append(f"  on your network: {url}" + "".join(f"  (also {url_for_host(a, port)}{page})" for a in addrs[1:]))
             lines.append("  scan with your phone (same Wi-Fi):")
             lines.append(qr_terminal(url, ansi=ansi))
         else:
@@ -197,7 +207,7 @@ def banner(table: dict[str, ServedBundle], host: str, port: int, *, lan: Sequenc
                          f"{port}")
         lines.append("  warning: anyone on your network can open these bundles while this runs")
     else:
-        url = url_for_host(host, port)
+        url = url_for_host(host, port) + page
         lines.append(f"  open {url}")
         if not is_loopback(host):
             lines.append("  scan with your phone (same network):")
@@ -222,12 +232,13 @@ def make_server(app: Flask, host: str, port: int):
 
 
 def serve(bundles: Sequence[str | Path], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-          echo: Callable[[str], None] = print, forever: bool = True):
-    """Serve the viewer for ``bundles`` until interrupted (``forever=False``: return the server)."""
-    app = create_app(bundles)
+          echo: Callable[[str], None] = print, forever: bool = True, page: str = "", **bench):
+    """Serve the viewer for ``bundles`` until interrupted (``forever=False``: return the server).
+    ``bench``: ``baseline``, ``results_dir``, ``ort_dir`` of :func:`create_app`."""
+    app = create_app(bundles, **bench)
     server = make_server(app, host, port)
     ansi = bool(getattr(sys.stdout, "isatty", lambda: False)())
-    echo(banner(app.extensions["agora_bundles"], host, server.server_port, ansi=ansi))
+    echo(banner(app.extensions["agora_bundles"], host, server.server_port, ansi=ansi, page=page))
     if not forever:
         return server
     try:

@@ -1,0 +1,132 @@
+"""The benchmark routes of the viewer's server (registered by :func:`webviewer.server.create_app`).
+
+* ``GET /bench``                the benchmark page (``static/bench.html``)
+* ``GET /ort/<name>``           onnxruntime-web's files, from the npm package installed by
+  ``npm ci`` (``node_modules/onnxruntime-web/dist``, or ``$AGORA_ORT_DIR``): only the names in
+  :data:`ORT_FILES` (one ES module + its wasm per execution provider), nothing else of that folder
+* ``GET /baseline``             JSON description of the ONNX baseline (404 when none is served)
+* ``GET /baseline/model.onnx``  the baseline's model; ``GET /baseline/inputs.bin`` its identity inputs
+* ``POST /bench/results``       a result from the page: at most ``MAX_RESULT_BYTES``, JSON, schema
+  checked (:mod:`webviewer.bench_results`), saved atomically in the results folder; 400/413/415
+  with a one-line JSON error and nothing written otherwise; 403 when no folder is configured
+
+These responses carry a Content-Security-Policy that also allows ``'wasm-unsafe-eval'`` (compiling
+onnxruntime's WebAssembly), still same-origin only; the page and its workers are cross-origin
+isolated (COOP/COEP), so ``performance.now()`` is precise and onnxruntime can use threads.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from flask import Flask, abort, jsonify, request, send_from_directory
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from exporter.baseline import Baseline
+from webviewer.bench_results import MAX_RESULT_BYTES, ResultError, save_result, validate_result
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ORT_DIR = REPO_ROOT / "node_modules" / "onnxruntime-web" / "dist"
+# execution provider -> the files it loads (ES module bundle first)
+ORT_EP_FILES = {
+    "wasm": ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm"),
+    "webgpu": ("ort.webgpu.bundle.min.mjs", "ort-wasm-simd-threaded.asyncify.wasm"),
+    "webgl": ("ort.webgl.min.mjs",),
+}
+ORT_FILES = frozenset(name for files in ORT_EP_FILES.values() for name in files)
+ORT_MIME = {".mjs": "text/javascript", ".wasm": "application/wasm"}
+
+
+def ort_dir_default() -> Path:
+    env = os.environ.get("AGORA_ORT_DIR")
+    return Path(env) if env else DEFAULT_ORT_DIR
+
+
+def wasm_csp(csp: str) -> str:
+    """``csp`` with ``'wasm-unsafe-eval'`` added to script-src (WebAssembly compilation only)."""
+    return csp.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'", 1)
+
+
+def register_bench(app: Flask, static_dir: Path, csp: str, *, baseline: Optional[Baseline] = None,
+                   results_dir: Optional[Path] = None, ort_dir: Optional[Path] = None) -> None:
+    """Add the benchmark routes to the viewer app (see the module docstring)."""
+    ort_root = Path(ort_dir or ort_dir_default()).resolve()
+    bench_csp = wasm_csp(csp)
+    app.extensions["agora_bench"] = {"baseline": baseline, "results_dir": results_dir, "ort_dir": ort_root}
+
+    def with_csp(response):
+        response.headers["Content-Security-Policy"] = bench_csp
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    @app.get("/bench")
+    def bench_page():
+        return with_csp(send_from_directory(static_dir, "bench.html", mimetype="text/html; charset=utf-8",
+                                            conditional=True, max_age=0))
+
+    @app.get("/ort/<name>")
+    def ort_file(name: str):
+        if name not in ORT_FILES or not (ort_root / name).is_file():
+            abort(404)
+        return with_csp(send_from_directory(ort_root, name, mimetype=ORT_MIME[Path(name).suffix], conditional=True,
+                                            max_age=0))
+
+    @app.get("/bench/ort")
+    def ort_listing():
+        eps = {ep: all((ort_root / f).is_file() for f in files) for ep, files in ORT_EP_FILES.items()}
+        sizes = {name: (ort_root / name).stat().st_size for name in ORT_FILES if (ort_root / name).is_file()}
+        return jsonify({"providers": eps, "files": {ep: list(f) for ep, f in ORT_EP_FILES.items()}, "bytes": sizes})
+
+    @app.get("/baseline")
+    def baseline_info():
+        if baseline is None:
+            return jsonify({"error": "no ONNX baseline is served (start `agora-export serve` with --bench)"}), 404
+        return jsonify(baseline.describe("baseline/model.onnx", "baseline/inputs.bin"))
+
+    @app.get("/baseline/<name>")
+    def baseline_file(name: str):
+        if baseline is None or name not in ("model.onnx", "inputs.bin"):
+            abort(404)
+        body = baseline.model if name == "model.onnx" else baseline.inputs_bytes
+        return app.response_class(body, mimetype="application/octet-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/bench/results")
+    def post_result():
+        if results_dir is None:
+            return jsonify({"error": "this server does not save results (no results folder)"}), 403
+        if request.mimetype != "application/json":
+            return jsonify({"error": "results must be sent as application/json"}), 415
+        if request.content_length is not None and request.content_length > MAX_RESULT_BYTES:
+            return jsonify({"error": f"the result is larger than {MAX_RESULT_BYTES} bytes"}), 413
+        body = _read_limited(MAX_RESULT_BYTES)  # also bounds a chunked body (no Content-Length)
+        if body is None:
+            return jsonify({"error": f"the result is larger than {MAX_RESULT_BYTES} bytes"}), 413
+        try:
+            data = validate_result(body)
+        except ResultError as exc:
+            return jsonify({"error": str(exc)}), 400
+        try:
+            path = save_result(results_dir, data, request.headers.get("User-Agent", ""), request.remote_addr)
+        except OSError as exc:
+            return jsonify({"error": f"could not save the result: {exc.strerror or exc}"}), 507
+        return jsonify({"saved": path.name}), 201
+
+
+def _read_limited(limit: int) -> Optional[bytes]:
+    """The request body, or None if it is longer than ``limit`` bytes (at most ``limit + 1`` are read)."""
+    request.max_content_length = limit + 1
+    chunks, size = [], 0
+    try:
+        while size <= limit:
+            chunk = request.stream.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except RequestEntityTooLarge:
+        return None
+    return None if size > limit else b"".join(chunks)
+
+
+__all__ = ["register_bench", "ORT_EP_FILES", "ORT_FILES", "DEFAULT_ORT_DIR", "wasm_csp"]

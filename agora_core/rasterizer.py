@@ -38,8 +38,8 @@ Torch backend design
 --------------------
 Projection is plain autograd on ``[B, G]`` tensors. The heavy per-(Gaussian, pixel) part is a
 custom :class:`torch.autograd.Function` (``_Composite``) with a hand-written backward, run once
-per image, and inside an image band by band (whole pixel rows, about ``PAIR_CHUNK`` pairs per
-band) so temporaries stay small:
+per batch (the ``B`` images stacked as one image ``B*H`` rows tall, see :func:`_rasterize_torch`),
+band by band (whole pixel rows, about ``PAIR_CHUNK`` pairs per band) so temporaries stay small:
 
 1. Enumerate pairs exactly: per Gaussian the rows its ``alpha >= 1/255`` ellipse spans, per
    row the exact column interval (a quadratic in ``dx``) - no wasted bounding-box corners.

@@ -13,7 +13,8 @@ from agora_core.generator import AgoraGenerator, Condition, z_from_seed
 from agora_core.head_model import HeadModel
 from agora_core.io_utils import image_grid
 from agora_core.rasterizer import rasterize
-from agora_core.views import portrait_cameras
+from agora_core.camera import orbit_camera
+from agora_core.head_sources import head_center
 
 # name -> {parameter: value}; a preset applies only where the head model has every parameter it names
 NAMED_EXPRESSIONS: dict[str, dict[str, float]] = {
@@ -51,7 +52,9 @@ def render_gallery(gen: AgoraGenerator, seeds: list[int], expressions: list[str]
                    yaw_deg: float = 20.0, truncation: float = 0.7, background: float = 1.0) -> torch.Tensor:
     """One row per seed, one column per expression: ``[rows*size, cols*size, 3]`` in [0, 1]."""
     conditions = [named_condition(gen.head, e) for e in expressions]
-    camera = portrait_cameras(gen.head, [yaw_deg], size=size)
+    # the framing of the synthetic training data (agora_core.synthetic): 1 m from the head centre, 14 deg
+    camera = orbit_camera(float(yaw_deg), 0.0, radius=1.0, target=head_center(gen.head), fov_y_deg=14.0,
+                          width=size, height=size)
     tiles = []
     for seed in seeds:
         cache = gen.identity(gen.map(z_from_seed(seed, gen.cfg.z_dim), truncation_psi=truncation))

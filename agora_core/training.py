@@ -24,7 +24,13 @@ Regularisers (weights from the paper; the quantities are ours, see docs/training
 * scale: ``mean((log_scale - log_scale_init)^2)`` - Gaussians stay near the lattice spacing;
 * deformation position / scale: the same on the deformation branch's residuals (normalised by their
   bounds);
-* Beta opacity: ``mean(log(o) + log(1 - o))`` - pushes opacities towards 0 or 1.
+* Beta opacity: ``mean(log(0.1 + o) + log(1.1 - o))`` (the bounded Beta prior of Neural Volumes) -
+  pushes opacities towards 0 or 1 with a bounded slope, so it cannot drive them to zero faster than
+  the adversarial loss can answer.
+
+Stage changes: for the first ``fade_kimg`` thousand images of a stage whose resolution grew, the
+discriminator sees real and fake images cross-faded from the previous resolution (as in progressive
+GAN growing); without it D separates the new, sharper images at once and G collapses.
 """
 from __future__ import annotations
 
@@ -54,6 +60,7 @@ from agora_core.rasterizer import rasterize
 STATE_FORMAT = "agora-train-state"
 STATE_VERSION = 1
 CODE_CHUNK = 64  # dataset rows per S(psi) render
+BETA_AT_HALF = 2.0 * math.log(0.6)  # the Beta prior's value at opacity 0.5 (the loss is 0 there)
 
 
 class TrainingError(AgoraError):
@@ -116,6 +123,8 @@ class TrainConfig:
     sample_every: int = 500  # steps between sample grids (0: only at the end)
     checkpoint_every: int = 1000  # steps between checkpoints (0: only at the end)
     max_minutes: float | None = None  # wall-clock budget of this invocation (None: run the whole schedule)
+    fade_kimg: float = 10.0  # D sees a cross-fade from the previous stage's resolution over this many kimg
+    init_from: str | None = None  # start G (and G_ema) from this generator checkpoint (fine-tuning)
 
     def resolved_stages(self) -> list[StageConfig]:
         stages = self.stages or default_schedule(self.preset)
@@ -280,11 +289,28 @@ def regularizers(G: AgoraGenerator, fake: FakeSample) -> dict[str, torch.Tensor]
         "scale": (fake.cache.log_scales - log_scale_init).square().mean(),
         "deform_position": (r["position"] / cfg.deform_pos_max).square().mean(),
         "deform_scale": (r["log_scale"] / cfg.deform_log_scale_max).square().mean(),
-        "beta_opacity": (torch.log(o) + torch.log1p(-o)).mean() - 2.0 * math.log(0.5),
+        "beta_opacity": (torch.log(0.1 + o) + torch.log(1.1 - o)).mean() - BETA_AT_HALF,
     }
 
 
 # ---------------------------------------------------------------------------------------- trainer
+def init_weights(G: AgoraGenerator, path: Path) -> None:
+    """Fine-tuning: load a generator checkpoint's weights into ``G`` (same preset networks)."""
+    from agora_core.checkpoint import HEAD_PREFIX, read_checkpoint
+
+    payload = read_checkpoint(path)
+    ours = {k: v for k, v in G.cfg.to_dict().items() if k not in ("target_gaussians", "lattice", "name")}
+    theirs = {k: payload["config"].get(k) for k in ours}
+    if ours != theirs:
+        diff = sorted(k for k in ours if ours[k] != theirs[k])
+        raise TrainingError(f"--init-from {path}: its generator config differs from preset '{G.cfg.name}' in {diff}")
+    weights = {k: v for k, v in payload["state_dict"].items() if not k.startswith(HEAD_PREFIX)}
+    missing, unexpected = G.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
+    if missing or unexpected:
+        raise TrainingError(f"--init-from {path}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -330,6 +356,8 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(cfg.seed)
         gen_cfg = get_preset(cfg.preset, target_gaussians=self.stages[0].gaussians)
         self.G = AgoraGenerator(gen_cfg, head).to(self.device).train()
+        if cfg.init_from:
+            init_weights(self.G, Path(cfg.init_from))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.D = Discriminator(DiscriminatorConfig(
             resolution=max(s.resolution for s in self.stages), channel_base=cfg.d_channel_base,
@@ -400,11 +428,29 @@ class Trainer:
         code = self._expression_codes(resolution)[rows.to(self.device)]
         return torch.cat((rgb, code.to(rgb.dtype) / 255.0), dim=1)
 
+    def _fade_weight(self) -> tuple[int, float] | None:
+        """(previous resolution, weight of the new one) while a grown stage fades in, else None."""
+        i = self.stage_index
+        if i == 0 or self.stages[i - 1].resolution >= self.stages[i].resolution or self.cfg.fade_kimg <= 0:
+            return None
+        into = self.images_seen - sum(s.kimg for s in self.stages[:i]) * 1000
+        t = into / (self.cfg.fade_kimg * 1000)
+        return (self.stages[i - 1].resolution, float(t)) if t < 1.0 else None
+
+    @staticmethod
+    def _faded(rgb: torch.Tensor, fade: tuple[int, float] | None) -> torch.Tensor:
+        if fade is None:
+            return rgb
+        prev, t = fade
+        low = F.interpolate(F.adaptive_avg_pool2d(rgb, prev), size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.lerp(low, rgb, t)
+
     def train_step(self) -> StepLosses:
         cfg, B = self.cfg, self.cfg.batch
         self._enter_stage(self.stage_at(self.images_seen))
         stage = self.stages[self.stage_index]
         res = stage.resolution
+        fade = self._fade_weight()
         losses = StepLosses()
 
         # ---- discriminator
@@ -418,8 +464,8 @@ class Trainer:
         self.D.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
         real_rgb = real.detach().requires_grad_(r1_step)
-        d_real = self.D(self._d_input(real_rgb, real_idx, res), real_pose.camera)
-        d_fake = self.D(self._d_input(fake.image, pose_idx, res), fake_pose.camera)
+        d_real = self.D(self._d_input(self._faded(real_rgb, fade), real_idx, res), real_pose.camera)
+        d_fake = self.D(self._d_input(self._faded(fake.image, fade), pose_idx, res), fake_pose.camera)
         loss_d = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
         if r1_step:
             (grad,) = torch.autograd.grad(d_real.sum(), real_rgb, create_graph=True)
@@ -438,7 +484,7 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         fake = render_generator(self.G, z.to(self.device), fake_pose, res, self.background, backend=cfg.backend,
                                 update_w_avg=True)
-        g_adv = F.softplus(-self.D(self._d_input(fake.image, pose_idx, res), fake_pose.camera)).mean()
+        g_adv = F.softplus(-self.D(self._d_input(self._faded(fake.image, fade), pose_idx, res), fake_pose.camera)).mean()
         regs = regularizers(self.G, fake)
         w = cfg.losses
         loss_g = (g_adv + w.position * regs["position"] + w.scale * regs["scale"]
@@ -559,8 +605,12 @@ def _save_ema(G_ema: AgoraGenerator, cfg: TrainConfig, step: int, images_seen: i
     return save_generator(G_ema, path, extra=extra, half=half)
 
 
-def export_run(paths: RunPaths, head: HeadModel, path: Path, half: bool = False) -> tuple[Path, int, int]:
-    """Export the EMA generator of a run folder's latest checkpoint; returns (path, step, images seen)."""
+def export_run(paths: RunPaths, head: HeadModel, path: Path, half: bool = False,
+               gaussians: int | None = None) -> tuple[Path, int, int]:
+    """Export the EMA generator of a run folder's latest checkpoint; returns (path, step, images seen).
+
+    ``gaussians`` re-samples the UV lattice for that many Gaussians (the UV networks do not depend
+    on the count), e.g. to ship a model trained in a low-resolution stage at the preset's count."""
     cfg = read_run_config(paths)
     state = read_state(paths.state)
     stage = cfg.resolved_stages()[int(state["stage_index"])]
@@ -569,6 +619,8 @@ def export_run(paths: RunPaths, head: HeadModel, path: Path, half: bool = False)
         G_ema.load_state_dict(state["G_ema"])
     except RuntimeError:
         raise TrainingError(f"{paths.state}: the EMA weights do not fit preset '{cfg.preset}' on head '{head.name}'") from None
+    if gaussians is not None:
+        G_ema.set_gaussian_count(gaussians)
     step, seen = int(state["step"]), int(state["images_seen"])
     return _save_ema(G_ema, cfg, step, seen, path, half), step, seen
 

@@ -63,6 +63,10 @@ def run(
     device: str = typer.Option("auto", help="auto (CUDA if available), cpu, cuda, cuda:N."),
     backend: str = typer.Option("auto", help="Rasterizer backend: auto (gsplat on CUDA when installed), torch, gsplat."),
     max_minutes: Optional[float] = typer.Option(None, min=0.0, help="Stop (with a checkpoint) after this many minutes."),
+    fade_kimg: float = typer.Option(10.0, min=0.0, help="Cross-fade D's input from the previous stage's resolution over "
+                                                        "this many thousand images after a resolution increase."),
+    init_from: Optional[Path] = typer.Option(None, help="Fine-tune: start the generator from this checkpoint "
+                                                        "(e.g. agora_core/data/builtin_generator.pt); D starts fresh."),
     sample_every: int = typer.Option(500, min=0, help="Steps between sample grids (0: only at the end)."),
     checkpoint_every: int = typer.Option(1000, min=0, help="Steps between checkpoints (0: only at the end)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -78,7 +82,7 @@ def run(
         data=str(data), preset=preset, head=head, batch=batch, lr_g=lr_g, lr_d=lr_d,
         stages=parse_stages(stages) if stages else [], losses=LossWeights(), ema_kimg=ema_kimg, seed=seed,
         device=device, backend=backend, sample_every=sample_every, checkpoint_every=checkpoint_every,
-        max_minutes=max_minutes,
+        max_minutes=max_minutes, fade_kimg=fade_kimg, init_from=str(init_from) if init_from else None,
     ).validate()
     if resume:
         from agora_core.training import read_run_config
@@ -104,6 +108,8 @@ def export(
     run_dir: Path = typer.Argument(..., help="A training run folder (holds checkpoints/latest.pt)."),
     out: Path = typer.Argument(..., help="Generator checkpoint (.pt) to write: the EMA generator."),
     half: bool = typer.Option(False, "--half", help="Store weights as float16 (half the size)."),
+    gaussians: Optional[int] = typer.Option(None, min=1, help="Re-sample the UV lattice for about this many Gaussians "
+                                                              "(default: the count of the run's current stage)."),
 ) -> None:
     """Write the run's EMA generator as a checkpoint for `agora-export ... --checkpoint`."""
     from agora_core.head_sources import load_head_model
@@ -111,7 +117,7 @@ def export(
 
     require_suffix(out, ".pt")
     paths = RunPaths(run_dir)
-    path, step, seen = export_run(paths, load_head_model(read_run_config(paths).head), out, half=half)
+    path, step, seen = export_run(paths, load_head_model(read_run_config(paths).head), out, half=half, gaussians=gaussians)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, step {step}, {seen / 1000:.1f} kimg)")
 
 

@@ -165,6 +165,10 @@ def test_cli_run_resume_export(tmp_path, synth_dir):
     payload = torch.load(out, weights_only=True)
     assert payload["state_dict"]["mapping.w_avg"].dtype == torch.float16
     assert payload["extra"]["trained"]["steps"] == state["step"]
+    assert payload["config"]["target_gaussians"] == 600
+    res = runner.invoke(train_app, ["export", str(run_dir), str(out), "--gaussians", "150"])
+    assert res.exit_code == 0, res.output
+    assert torch.load(out, weights_only=True)["config"]["target_gaussians"] == 150
 
 
 @pytest.mark.parametrize("args, message", [
@@ -181,3 +185,57 @@ def test_cli_user_errors(tmp_path, synth_dir, args, message):
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_fade_in_after_a_resolution_increase(synth_dir, dataset, builtin_head):
+    trainer = Trainer(tiny_config(synth_dir, fade_kimg=0.008), builtin_head, dataset)
+    assert trainer._fade_weight() is None  # first stage: nothing to fade from
+    trainer.images_seen, trainer.stage_index = 8, 1  # the first image of stage 2 (32 -> 64)
+    assert trainer._fade_weight() == (32, 0.0)
+    trainer.images_seen = 12
+    assert trainer._fade_weight() == (32, 0.5)
+    img = torch.rand(2, 3, 64, 64)
+    low = Trainer._faded(img, (32, 0.0))
+    assert torch.allclose(low[:, :, ::2, ::2].mean(), img.mean(), atol=1e-2) and low.std() < img.std()
+    assert torch.equal(Trainer._faded(img, None), img)
+    trainer.images_seen = 16
+    assert trainer._fade_weight() is None
+
+
+def test_init_from_a_generator_checkpoint(tmp_path, synth_dir, dataset, builtin_head):
+    from agora_core.checkpoint import save_generator
+
+    source = Trainer(tiny_config(synth_dir, seed=9), builtin_head, dataset)
+    path = save_generator(source.G, tmp_path / "g.pt", half=True)
+    tuned = Trainer(tiny_config(synth_dir, init_from=str(path)), builtin_head, dataset)
+    for k, v in source.G.state_dict().items():
+        if not k.startswith("head."):
+            torch.testing.assert_close(tuned.G.state_dict()[k], v, rtol=2e-3, atol=1e-3)
+            torch.testing.assert_close(tuned.G_ema.state_dict()[k], tuned.G.state_dict()[k])
+    small = tmp_path / "small.pt"
+    from agora_core.generator import AgoraGenerator, get_preset
+    save_generator(AgoraGenerator(get_preset("small"), builtin_head), small)
+    with pytest.raises(TrainingError, match="differs from preset 'tiny'"):
+        Trainer(tiny_config(synth_dir, init_from=str(small)), builtin_head, dataset)
+
+
+def test_builtin_model_is_the_default_and_gallery_renders(tmp_path, builtin_head):
+    from PIL import Image
+
+    from agora_core.checkpoint import BUILTIN_MODEL, build_generator
+    from exporter.cli import app as export_app
+
+    assert BUILTIN_MODEL.is_file() and BUILTIN_MODEL.stat().st_size <= 25e6
+    trained = build_generator(None, builtin_head, "small")
+    assert trained.source == "built-in trained model" and trained.num_gaussians == 16008
+    untrained = build_generator(None, builtin_head, "tiny", init_seed=3)
+    assert untrained.source.startswith("untrained")
+    out = tmp_path / "g.png"
+    res = CliRunner().invoke(export_app, ["gallery", str(out), "--preset", "tiny", "--seed", "1", "--seed", "2",
+                                          "--expression", "neutral", "--expression", "open", "--size", "32"])
+    assert res.exit_code == 0, res.output
+    assert Image.open(out).size == (64, 64)
+    grid = torch.tensor(__import__("numpy").array(Image.open(out)), dtype=torch.float32)
+    assert not torch.equal(grid[:, :32], grid[:, 32:]), "the open mouth must change the render"
+    res = CliRunner().invoke(export_app, ["gallery", str(out), "--expression", "grin", "--preset", "tiny"])
+    assert res.exit_code == 2 and "unknown expression 'grin'" in res.output

@@ -237,7 +237,8 @@ def bundle(
     quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),
     sparse: bool = typer.Option(True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."),
     sparse_tolerance: float = typer.Option(1.0, min=0.0, help="With --sparse: multiplier of the visibility tolerances "
-                                           "(0.1 mm, 1 % scale, 0.005 quaternion, 0.005 opacity RMS change); 0 keeps every moving Gaussian."),
+                                           "(0.1 mm, 1 % scale, 0.005 quaternion, 0.005 opacity RMS change) below which "
+                                           "trailing blendshapes and still Gaussians are not stored; 0 keeps all that move."),
     epochs: int = typer.Option(400, min=1, help="Training epochs of the coefficient MLP."),
     mlp_hidden: str = typer.Option("256,512", help="Hidden widths of the coefficient MLP, comma separated."),
     centre: bool = typer.Option(False, "--centre/--no-centre", help="Mean-centre residuals before the SVD (off: zero coefficients give exactly the neutral avatar)."),
@@ -294,7 +295,8 @@ def bundle_summary(out: Path, result, agm, stats, elapsed: float) -> str:
     unq = agm.fidelity.get("unquantized", {})
     lines = [
         f"wrote {out}",
-        f"  Gaussians {result.num_gaussians:,} x {len(agm.identities)} identity(ies), K = {result.ranks}",
+        f"  Gaussians {result.num_gaussians:,} x {len(agm.identities)} identity(ies), K = {agm.ranks}"
+        + ("" if agm.ranks == result.ranks else f" stored (of {result.ranks} extracted; the rest moves no Gaussian visibly)"),
         f"  explained variance: {ev}",
         f"  MLP MSE (coefficient space): train {rep.train_mse:.3g}, val {rep.val_mse if rep.val_mse is not None else float('nan'):.3g}"
         f" (best epoch {rep.best_epoch}); val attribute MSE: {val_attr}",

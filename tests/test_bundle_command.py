@@ -24,7 +24,10 @@ def test_bundle_writes_a_valid_multi_identity_file_with_its_report(two_identity_
         assert text in output
     b = read_agm(out)
     assert [i.seed for i in b.identities] == [42, 7]
-    assert b.ranks == {"xyz": 6, "scale": 6, "rotation": 6, "opacity": 6}
+    # K = 6 extracted; trailing blendshapes that move no Gaussian visibly are not stored (an untrained
+    # tiny generator barely changes scale, rotation or opacity)
+    assert b.ranks["xyz"] == 6 and all(1 <= b.ranks[g] <= 6 for g in ("scale", "rotation", "opacity"))
+    assert "extracted" in output or b.ranks == {"xyz": 6, "scale": 6, "rotation": 6, "opacity": 6}
     assert b.parameter_names[:2] == sorted(b.parameter_names[:52])[:2]  # ARKit names of the built-in head
     assert b.parameter_names[-5:] == ["jaw_x", "jaw_y", "jaw_z", "eyelid_l", "eyelid_r"]
     assert b.provenance["seeds"] == [42, 7] and b.provenance["init_seed"] == 0
@@ -69,3 +72,40 @@ def test_unwritable_output_is_an_error(tmp_path):
     blocker.write_text("x")
     result = runner.invoke(app, ["bundle", *FAST, str(blocker / "out.agm")])
     assert result.exit_code == 2 and "not a directory" in result.output
+
+
+def test_truncate_ranks_drops_only_blendshapes_no_gaussian_needs():
+    import copy
+
+    from tests.test_agm import make_bundle, random_params
+    from exporter.bundle import VISIBILITY_TOLERANCES, truncate_ranks
+
+    bundle, _ = make_bundle(G=64, identities=2, ranks=(8, 6, 5, 4), seed=3)
+    bases = {g: bundle.bases[g].values.copy() for g in bundle.bases}
+    w = {g: np.ones(bases[g].shape[0], np.float32) for g in bases}
+    # xyz: blendshapes 5..7 move every Gaussian by at most 0.02 mm (tolerance 0.1 mm) -> dropped
+    bases["xyz"][5:] *= 2e-5 / np.abs(bases["xyz"][5:]).max()
+    bases["xyz"][:5] *= 1e-2 / np.abs(bases["xyz"][:5]).max()
+    # rotation: the last blendshape moves one Gaussian visibly -> nothing can be dropped
+    bases["rotation"][:] *= 1e-4 / np.abs(bases["rotation"]).max()
+    bases["rotation"][-1, 7] = [0.05, 0, 0, 0]
+    for g in bases:
+        bundle.bases[g].values = bases[g].copy()
+    params = random_params(bundle)
+    # reference: the same bundle with the blendshapes that will be dropped set to zero
+    reference = copy.deepcopy(bundle)
+    reference.bases["xyz"].values[5:] = 0.0
+    expected = [reference.animate_arrays(params, identity=i) for i in range(2)]
+    changed = [bundle.animate_arrays(params, identity=i) for i in range(2)]
+    rows_before = bundle.mlp.layers[-1].weight.shape[0]
+    _, _, ranks = truncate_ranks(bundle, bases, w, tolerance=1.0)
+    assert ranks["xyz"] == 5 and ranks["rotation"] == 5
+    assert bundle.ranks == ranks and bundle.mlp.layers[-1].weight.shape[0] == sum(ranks.values()) < rows_before
+    for i in range(2):  # exactly the blend without the dropped blendshapes, whose motion was tiny
+        after = bundle.animate_arrays(params, identity=i)
+        for key in after:
+            np.testing.assert_allclose(after[key], expected[i][key], atol=1e-6)
+        lost = np.abs(after["means"] - changed[i]["means"]).max()
+        assert 0 < lost < 1e-2  # something was dropped, and it was small
+    again = {g: bundle.bases[g].values for g in bundle.bases}
+    assert truncate_ranks(bundle, again, {g: np.ones(again[g].shape[0], np.float32) for g in again}, 0.0)[2] == ranks

@@ -37,8 +37,11 @@ def synth(
     batch: int = typer.Option(32, min=1, help="Samples rendered per batch."),
 ) -> None:
     """Write a synthetic training set: procedurally textured built-in heads under random cameras and expressions."""
+    from agora_core.errors import AgoraError
     from agora_core.synthetic import SyntheticConfig, write_synthetic_dataset
 
+    if (out / "dataset.json").exists():
+        raise AgoraError(f"{out} already holds a dataset (dataset.json): choose another folder or remove it first")
     start = time.perf_counter()
     cfg = SyntheticConfig(num=num, seed=seed, resolution=resolution, device=device, batch_size=batch)
     path = write_synthetic_dataset(out, cfg)

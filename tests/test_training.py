@@ -178,6 +178,7 @@ def test_cli_run_resume_export(tmp_path, synth_dir):
     (["run", "{data}", "--out", "{tmp}/nothing", "--resume"], "not a training run"),
     (["export", "{tmp}", "{tmp}/m.pt"], "not a training run"),
     (["export", "{tmp}", "{tmp}/m.bin"], "must be a .pt file"),
+    (["synth", "{data}", "--num", "2"], "already holds a dataset"),
 ])
 def test_cli_user_errors(tmp_path, synth_dir, args, message):
     args = [a.format(tmp=tmp_path, data=synth_dir) for a in args]

@@ -17,7 +17,7 @@ The identity branch runs once per identity (:meth:`AgoraGenerator.identity` retu
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -279,6 +279,7 @@ class AgoraGenerator(nn.Module):
         if not 0.0 < scale_init < cfg.scale_max:
             raise ValueError(f"scale_init {scale_init:.4g} must lie in (0, scale_max={cfg.scale_max})")
         self.log_scale_max = math.log(cfg.scale_max)
+        self.log_scale_init = math.log(scale_init)
         # softplus offset so that a zero network output gives log(scale_init)
         self.scale_softplus_shift = math.log(math.expm1(self.log_scale_max - math.log(scale_init)))
 

@@ -37,11 +37,10 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -281,12 +280,11 @@ def render_generator(G: AgoraGenerator, z: torch.Tensor, pose: PoseBatch, resolu
 def regularizers(G: AgoraGenerator, fake: FakeSample) -> dict[str, torch.Tensor]:
     """The generator's L2 and opacity terms (unweighted), see the module docstring."""
     cfg = G.cfg
-    log_scale_init = G.log_scale_max - F.softplus(torch.tensor(G.scale_softplus_shift)).item()
     r = fake.residuals
     o = fake.gaussians.opacities.clamp(1e-4, 1.0 - 1e-4)
     return {
         "position": (fake.cache.offsets / cfg.pos_max).square().mean(),
-        "scale": (fake.cache.log_scales - log_scale_init).square().mean(),
+        "scale": (fake.cache.log_scales - G.log_scale_init).square().mean(),
         "deform_position": (r["position"] / cfg.deform_pos_max).square().mean(),
         "deform_scale": (r["log_scale"] / cfg.deform_log_scale_max).square().mean(),
         "beta_opacity": (torch.log(0.1 + o) + torch.log(1.1 - o)).mean() - BETA_AT_HALF,
@@ -686,24 +684,27 @@ def train(trainer: Trainer, paths: RunPaths, *, progress: bool = True, max_steps
     return trainer
 
 
-def open_run(paths: RunPaths, cfg: TrainConfig | None, head: HeadModel, data: TrainingData,
-             resume: bool) -> Trainer:
-    """A trainer for a new run (``cfg``) or for resuming the run in ``paths`` (its saved config)."""
-    if resume:
-        saved = read_run_config(paths)
-        if cfg is not None:  # only the budget and device may change on resume
-            saved = replace(saved, max_minutes=cfg.max_minutes, device=cfg.device)
-        trainer = Trainer(saved, head, data)
-        trainer.load_state_dict(read_state(paths.state))
-        return trainer
-    if paths.state.exists():
+def run_config(paths: RunPaths, cfg: TrainConfig, resume: bool) -> TrainConfig:
+    """The configuration a run uses: ``cfg`` for a new run; the saved one when resuming (only the
+    time budget and the device may change between invocations)."""
+    if not resume:
+        return cfg
+    return replace(read_run_config(paths), max_minutes=cfg.max_minutes, device=cfg.device)
+
+
+def open_run(paths: RunPaths, cfg: TrainConfig, head: HeadModel, data: TrainingData, resume: bool) -> Trainer:
+    """A trainer for a new run, or for resuming the run in ``paths`` from its last checkpoint
+    (``cfg`` from :func:`run_config`)."""
+    if not resume and paths.state.exists():
         raise TrainingError(f"{paths.root} already holds a run: pass --resume to continue it, or choose another --out")
-    assert cfg is not None
-    return Trainer(cfg, head, data)
+    trainer = Trainer(cfg, head, data)
+    if resume:
+        trainer.load_state_dict(read_state(paths.state))
+    return trainer
 
 
 __all__ = [
     "DatasetSource", "LossWeights", "RunPaths", "StageConfig", "StepLosses", "TrainConfig", "Trainer", "TrainingData",
     "TrainingError", "default_schedule", "export_generator", "export_run", "open_run", "parse_stages", "read_state",
-    "regularizers", "render_generator", "train",
+    "regularizers", "render_generator", "run_config", "train",
 ]

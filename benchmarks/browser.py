@@ -21,14 +21,14 @@ numbers, and a phone's are measured by opening ``/bench`` on the phone (README).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from agora_core.io_utils import atomic_write
-from benchmarks.common import RESULTS_DIR, machine_info, markdown_table
+from benchmarks.common import RESULTS_DIR, command_line, markdown_table, write_results
 
 TARGET_SPEEDUP = 200.0
 TARGET_FRAME_RATIO = 1.15
@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     py = python_figures(bundle, preset, args.frames, args.warmup, args.rank)
     r = page["ratios"]
     report = {
-        "benchmark": NAME, "machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": "python -m benchmarks.browser " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": command_line("benchmarks.browser", argv if argv is not None else sys.argv[1:]),
         "page": page, "python": py,
         "targets": {"speedup_min": TARGET_SPEEDUP, "speedup_met": bool((r["animation_speedup"] or 0) >= TARGET_SPEEDUP),
                     "frame_ratio_max": TARGET_FRAME_RATIO,
@@ -212,9 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     text = tables(report)
     report["table_markdown"] = text
-    out = args.out
-    with atomic_write(out) as f:
-        f.write((json.dumps(report, indent=2, default=float) + "\n").encode())
+    out = write_results(NAME, report, args.out)
     with atomic_write(out.with_suffix(".md")) as f:
         f.write((f"`{report['command']}`\n\n{text}\n").encode())
     plot(report, out.with_suffix(".png"))

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = RESULTS_DIR.parent.parent
 
 
 def timed(fn: Callable[[], object], warmup: int = 2, repeats: int = 10, sync: Callable[[], None] = lambda: None) -> dict:
@@ -46,9 +47,26 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def write_results(name: str, data: dict, out: Path | None = None) -> Path:
-    """Write ``data`` (plus machine info) as JSON to ``benchmarks/results/<name>.json`` or ``out``."""
+    """Write ``data`` (plus machine info) as JSON to ``benchmarks/results/<name>.json`` or ``out``, atomically."""
+    from agora_core.io_utils import atomic_write
+
     path = out or RESULTS_DIR / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **data}
-    path.write_text(json.dumps(payload, indent=2, default=float))
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(payload, indent=2, default=float) + "\n")
     return path
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The command that produced a result, with absolute paths inside the repository made relative
+    (results are committed: no machine-specific paths in them)."""
+    def portable(arg: str) -> str:
+        path = Path(arg)
+        if not path.is_absolute():
+            return arg
+        try:
+            return str(path.resolve().relative_to(REPO_ROOT))
+        except ValueError:
+            return arg
+
+    return " ".join(["python -m", module, *(portable(a) for a in argv)])

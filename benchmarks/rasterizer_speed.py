@@ -10,7 +10,6 @@ table and writes ``benchmarks/results/rasterizer_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -22,7 +21,7 @@ import torch
 from agora_core.camera import orbit_camera
 from agora_core.gaussians import Gaussians
 from agora_core.rasterizer import rasterize, resolve_backend
-from benchmarks.common import timed
+from benchmarks.common import timed, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rasterizer_speed.json"
 
@@ -114,9 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    print(f"wrote {write_results('rasterizer_speed', result, args.output)}")
     return result
 
 

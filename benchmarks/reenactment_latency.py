@@ -19,7 +19,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from agora_core.checkpoint import build_generator

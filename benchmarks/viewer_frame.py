@@ -22,7 +22,6 @@ where the splat pass (fill rate) dominates even more.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import statistics
@@ -30,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import write_results
 from exporter.agm import write_agm
 from webviewer.headless import CHROMIUM_FLAGS, chromium_path, launch_chromium, serve_in_thread
 from webviewer.server import create_app
@@ -166,9 +166,7 @@ def main(argv=None) -> dict:
         parser.error("--sizes takes WxH values, e.g. 512x512")
     report = run(args)
     print(table(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_results('viewer_frame', report, args.out)}")
     return report
 
 

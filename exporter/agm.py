@@ -815,7 +815,7 @@ def _validate_sections(ck: _Checker, h: dict, header_length: int, file_length: i
             ck.fail(f"{where} has an invalid shape {_short(shape)}")
         offset = ck.get(s, "offset", "int", where, minimum=0, maximum=MAX_INT)
         length = ck.get(s, "length", "int", where, minimum=0, maximum=MAX_INT)
-        crc = ck.get(s, "crc32", "int", where, minimum=0, maximum=0xFFFFFFFF)
+        ck.get(s, "crc32", "int", where, minimum=0, maximum=0xFFFFFFFF)  # checked against the data later
         expected = DTYPES[dtype].itemsize * math.prod(shape)
         if length != expected:
             ck.fail(f"{where}: length {length} does not match dtype {dtype} and shape {_short(shape)} "

@@ -77,24 +77,20 @@ def run(
     """Train the AGORA generator on a dataset (non-saturating GAN, R1, dual discrimination, EMA)."""
     from agora_core.dataset import HeadImageDataset
     from agora_core.head_sources import load_head_model
-    from agora_core.training import DatasetSource, LossWeights, RunPaths, TrainConfig, open_run, parse_stages, train
+    from agora_core.training import (DatasetSource, LossWeights, RunPaths, TrainConfig, open_run, parse_stages,
+                                     run_config, train)
 
     paths = RunPaths(out)
-    head_model = load_head_model(head)
-    cfg = TrainConfig(
+    given = TrainConfig(
         data=str(data), preset=preset, head=head, batch=batch, lr_g=lr_g, lr_d=lr_d,
         stages=parse_stages(stages) if stages else [], losses=LossWeights(), ema_kimg=ema_kimg, seed=seed,
         device=device, backend=backend, sample_every=sample_every, checkpoint_every=checkpoint_every,
         max_minutes=max_minutes, fade_kimg=fade_kimg, init_from=str(init_from) if init_from else None,
     ).validate()
-    if resume:
-        from agora_core.training import read_run_config
-        saved = read_run_config(paths)
-        data, head_model, cfg_for_data = Path(saved.data), load_head_model(saved.head), saved
-    else:
-        cfg_for_data = cfg
-    resolution = max(s.resolution for s in cfg_for_data.resolved_stages())
-    dataset = DatasetSource(HeadImageDataset(data, resolution=resolution, head=head_model, preload=True))
+    cfg = run_config(paths, given, resume)
+    head_model = load_head_model(cfg.head)
+    resolution = max(s.resolution for s in cfg.resolved_stages())
+    dataset = DatasetSource(HeadImageDataset(cfg.data, resolution=resolution, head=head_model, preload=True))
     trainer = open_run(paths, cfg, head_model, dataset, resume)
     where = f"resuming at step {trainer.step} ({trainer.images_seen / 1000:.1f} kimg)" if resume else "new run"
     typer.echo(f"{where}: {len(dataset):,} images, {trainer.G.num_gaussians:,} Gaussians, device {trainer.device}, "

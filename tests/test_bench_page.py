@@ -21,7 +21,7 @@ from agora_core.errors import AgoraError
 from exporter.agm import read_agm
 from exporter.baseline import build_baseline, load_baseline
 from exporter.cli import app as cli_app
-from tests.browser import PageDriver, assert_loopback_only, artifact
+from tests.browser import artifact, assert_loopback_only
 from webviewer import server as server_mod
 from webviewer.bench_results import validate_result
 from webviewer.bench_server import DEFAULT_ORT_DIR, ORT_EP_FILES

@@ -78,7 +78,7 @@ def test_truncate_ranks_drops_only_blendshapes_no_gaussian_needs():
     import copy
 
     from tests.test_agm import make_bundle, random_params
-    from exporter.bundle import VISIBILITY_TOLERANCES, truncate_ranks
+    from exporter.bundle import truncate_ranks
 
     bundle, _ = make_bundle(G=64, identities=2, ranks=(8, 6, 5, 4), seed=3)
     bases = {g: bundle.bases[g].values.copy() for g in bundle.bases}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from agora_core.camera import Camera, orbit_camera
-from agora_core.gaussians import SH_C0, Gaussians, rgb_to_sh_dc
+from agora_core.gaussians import Gaussians, rgb_to_sh_dc
 from agora_core.rasterizer import (
     ALPHA_MAX,
     ALPHA_MIN,

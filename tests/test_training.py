@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -236,7 +236,7 @@ def test_builtin_model_is_the_default_and_gallery_renders(tmp_path, builtin_head
                                           "--expression", "neutral", "--expression", "open", "--size", "32"])
     assert res.exit_code == 0, res.output
     assert Image.open(out).size == (64, 64)
-    grid = torch.tensor(__import__("numpy").array(Image.open(out)), dtype=torch.float32)
+    grid = torch.tensor(np.array(Image.open(out)), dtype=torch.float32)
     assert not torch.equal(grid[:, :32], grid[:, 32:]), "the open mouth must change the render"
     res = CliRunner().invoke(export_app, ["gallery", str(out), "--expression", "grin", "--preset", "tiny"])
     assert res.exit_code == 2 and "unknown expression 'grin'" in res.output

@@ -6,7 +6,7 @@ Run with ``python -m benchmarks.browser`` (``--help`` for options; needs Playwri
 1. makes an ``.agm`` bundle with ``agora-export bundle`` (``--preset``, rank 64 per group like the
    default; fewer samples and epochs than the default, which changes fidelity, not speed) or takes
    ``--bundle``;
-2. rebuilds the bundle's ONNX baseline (``exporter.baseline``: same generator, seed and Gaussians);
+2. rebuilds the bundle's ONNX baseline (``exporter.interop.baseline``: same generator, seed and Gaussians);
 3. serves both on 127.0.0.1 and runs ``/bench`` in headless Chromium with the loopback-only flags:
    static frame, AGORA-M and the onnxruntime-web baseline, each frame ended by a 1-pixel readPixels;
 4. measures the Python side with :func:`benchmarks.reenactment_latency.bench_preset` (full AGORA in
@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agora_core.io_utils import atomic_write
+from agora_core.types.io import atomic_write
 from benchmarks.common import RESULTS_DIR, command_line, markdown_table, write_results
 
 TARGET_SPEEDUP = 200.0
@@ -39,7 +39,7 @@ def make_bundle(args: argparse.Namespace, folder: Path) -> Path:
     """``agora-export bundle`` for ``--preset`` (cached in ``folder`` by its settings)."""
     from typer.testing import CliRunner
 
-    from exporter.cli import app
+    from exporter.cli.export import app
 
     path = folder / f"{args.preset}_s{args.samples}_k{args.rank}_e{args.epochs}.agm"
     if path.exists():
@@ -85,7 +85,7 @@ def run_page(bundle: Path, baseline, args: argparse.Namespace) -> dict:
 
 def python_figures(bundle: Path, preset: str, frames: int, warmup: int, rank: int) -> dict:
     """Full AGORA (PyTorch, onnxruntime CPU) and this bundle's AGORA-M blend (PyTorch), per frame."""
-    from agora_core.head_sources import load_head_model
+    from agora_core.heads.sources import load_head_model
     from benchmarks.reenactment_latency import bench_preset
 
     return bench_preset(preset, load_head_model("builtin"), frames, rank, bundle, warmup)
@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workdir", type=Path, default=None, help="where made bundles are kept (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / f"{NAME}.json", help="JSON report (.md and .png beside it)")
     args = ap.parse_args(argv)
-    from agora_core.errors import AgoraError
+    from agora_core.types.errors import AgoraError
     from exporter.agm import read_agm
-    from exporter.baseline import build_baseline
+    from exporter.interop.baseline import build_baseline
 
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="agora_browser_bench_"))
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,31 +15,36 @@ import tempfile
 import time
 from pathlib import Path
 
-from agora_core.checkpoint import build_generator
-from agora_core.extraction import ExtractionConfig, extract_agora_m
-from agora_core.head_sources import load_head_model
+from agora_core.agora_m import ExtractionConfig, extract_agora_m
+from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
+from agora_core.generator.checkpoint import build_generator
+from agora_core.heads.sources import load_head_model
 from benchmarks.common import markdown_table, write_results
 from exporter.agm import read_agm, write_agm
-from exporter.bundle import build_bundle, sparsify, stored_fidelity
+from exporter.agm.build import build_bundle, stored_fidelity
+from exporter.agm.sparsify import sparsify
+
+DEFAULTS = ExtractionConfig()
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--head", default="builtin")
-    ap.add_argument("--samples", type=int, default=1024)
-    ap.add_argument("--rank", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=400)
+    ap.add_argument("--samples", type=int, default=DEFAULTS.num_samples)
+    ap.add_argument("--rank", type=int, default=DEFAULTS.rank)
+    ap.add_argument("--epochs", type=int, default=DEFAULTS.mlp.epochs)
     ap.add_argument("--seed", type=int, action="append", help="identity seed(s) (default 42)")
     ap.add_argument("--tolerances", type=float, nargs="+", default=[0.5, 1.0, 2.0],
-                    help="sparse variants: multipliers of exporter.bundle.VISIBILITY_TOLERANCES")
-    ap.add_argument("--fidelity-samples", type=int, default=16)
+                    help="sparse variants: multipliers of exporter.agm.sparsify.VISIBILITY_TOLERANCES")
+    ap.add_argument("--fidelity-samples", type=int, default=DEFAULTS.fidelity_samples)
     ap.add_argument("--render-samples", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
     gen = build_generator(None, load_head_model(args.head), args.preset)
-    cfg = ExtractionConfig(num_samples=args.samples, rank=args.rank, seeds=tuple(args.seed or [42]), epochs=args.epochs,
+    cfg = ExtractionConfig(num_samples=args.samples, rank=args.rank, seeds=tuple(args.seed or [42]),
+                           mlp=MLPTrainConfig(epochs=args.epochs),
                            fidelity_samples=args.fidelity_samples, render_samples=args.render_samples)
     t0 = time.perf_counter()
     result = extract_agora_m(gen, cfg, progress=True)

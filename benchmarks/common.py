@@ -48,7 +48,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 def write_results(name: str, data: dict, out: Path | None = None) -> Path:
     """Write ``data`` (plus machine info) as JSON to ``benchmarks/results/<name>.json`` or ``out``, atomically."""
-    from agora_core.io_utils import atomic_write
+    from agora_core.types.io import atomic_write
 
     path = out or RESULTS_DIR / f"{name}.json"
     payload = {"benchmark": name, "machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **data}

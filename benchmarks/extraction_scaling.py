@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
+from agora_core.types.spec import GROUP_DIMS, VALUES_PER_GAUSSIAN
+
 RESULTS = Path(__file__).resolve().parent / "results" / "extraction_scaling.json"
-GROUP_DIMS = (("xyz", 3), ("scale", 3), ("rotation", 4), ("opacity", 1))
 # typical residual magnitudes of the groups (metres, metres, quaternion units, opacity)
 GROUP_AMPLITUDE = {"xyz": 2e-3, "scale": 2e-4, "rotation": 2e-2, "opacity": 2e-2}
 
@@ -50,7 +51,7 @@ class SyntheticResiduals:
 
     def __init__(self, gaussians: int, rank: int = 192, alpha: float = 0.6, seed: int = 0,
                  device: torch.device | str = "cpu"):
-        self.dims = {g: gaussians * d for g, d in GROUP_DIMS}
+        self.dims = {g: gaussians * d for g, d in GROUP_DIMS.items()}
         self.rank = rank
         self.seed = seed
         self.device = torch.device(device)
@@ -81,8 +82,8 @@ class SyntheticResiduals:
 
 
 def run_synthetic(cfg: dict) -> dict:
-    from agora_core.extraction import malloc_cache
-    from agora_core.streaming_svd import peak_memory, streaming_svd
+    from agora_core.agora_m.extract import malloc_cache
+    from agora_core.agora_m.streaming_svd import peak_memory, streaming_svd
 
     torch.set_num_threads(cfg.get("threads") or torch.get_num_threads())
     device = torch.device(cfg["device"])
@@ -110,7 +111,7 @@ def run_synthetic(cfg: dict) -> dict:
         U = res.groups[g].basis
         ev[g] = float((a @ U.T).square().sum() / a.square().sum())
     N, G = cfg["num_rows"], cfg["gaussians"]
-    values = sum(d for _, d in GROUP_DIMS)
+    values = VALUES_PER_GAUSSIAN
     return {
         **{k: v for k, v in cfg.items() if k != "progress"},
         "values_per_gaussian": values,
@@ -134,14 +135,15 @@ def run_synthetic(cfg: dict) -> dict:
 
 # ============================================================================ (b) real extraction
 def run_real(cfg: dict) -> dict:
-    from agora_core.builtin_head import builtin_head_model
-    from agora_core.extraction import ExtractionConfig, extract_agora_m
+    from agora_core.heads.builtin import builtin_head_model
+    from agora_core.agora_m import ExtractionConfig, extract_agora_m
+    from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
     from agora_core.generator import AgoraGenerator, get_preset
 
     torch.set_num_threads(cfg.get("threads") or torch.get_num_threads())
     torch.manual_seed(0)
     gen = AgoraGenerator(get_preset(cfg["preset"]), builtin_head_model()).eval().to(cfg["device"])
-    ec = ExtractionConfig(num_samples=cfg["num_samples"], rank=cfg["rank"], epochs=cfg["epochs"],
+    ec = ExtractionConfig(num_samples=cfg["num_samples"], rank=cfg["rank"], mlp=MLPTrainConfig(epochs=cfg["epochs"]),
                           fidelity_samples=cfg["fidelity_samples"], render_samples=cfg["render_samples"],
                           device=cfg["device"], threads=cfg.get("threads") or ExtractionConfig.threads)
     t = time.perf_counter()
@@ -238,8 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
     synthetic = []
     for cfg in syn_cfgs:
         G, N = cfg["gaussians"], cfg["num_rows"]
-        print(f"(a) streaming SVD: N={N} x {G:,} Gaussians x 11 values, K={cfg['rank']}, l=K+{cfg['oversampling']}; "
-              f"dense it would be {N * G * 11 * 2 / 1e9:.1f} GB (f16) / {N * G * 11 * 4 / 1e9:.1f} GB (f32) - never formed",
+        D = N * G * VALUES_PER_GAUSSIAN
+        print(f"(a) streaming SVD: N={N} x {G:,} Gaussians x {VALUES_PER_GAUSSIAN} values, K={cfg['rank']}, "
+              f"l=K+{cfg['oversampling']}; dense it would be {D * 2 / 1e9:.1f} GB (f16) / {D * 4 / 1e9:.1f} GB (f32) - never formed",
               flush=True)
         synthetic.append(_worker("synthetic", cfg))
     if synthetic:

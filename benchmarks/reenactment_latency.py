@@ -21,13 +21,15 @@ from pathlib import Path
 
 import torch
 
-from agora_core.checkpoint import build_generator
-from agora_core.expression_prior import ExpressionPrior
-from agora_core.generator import Condition, z_from_seed
-from agora_core.head_sources import load_head_model
+from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
+from agora_core.generator.checkpoint import build_generator
+from agora_core.generator.config import TRUNCATION_PSI
+from agora_core.generator.identities import identity_from_seed
+from agora_core.generator.model import Condition
+from agora_core.heads.expressions import ExpressionPrior
+from agora_core.heads.sources import load_head_model
+from agora_core.types.spec import GROUP_DIMS, GROUP_FIELDS, apply_constraints
 from benchmarks.common import markdown_table, timed, write_results
-
-GROUP_DIMS = {"xyz": 3, "scale": 3, "rotation": 4, "opacity": 1}
 
 
 class TorchBlend:
@@ -48,16 +50,16 @@ class TorchBlend:
         ident = b.identities[identity]
         layers = [(torch.from_numpy(l.weight), torch.from_numpy(ident.mlp_bias0 if j == 0 else l.bias),
                    l.negative_slope if l.activation == "leaky_relu" else None) for j, l in enumerate(b.mlp.layers)]
-        n = ident.neutral
-        neutral = {"xyz": n.means, "scale": n.scales, "rotation": n.quats, "opacity": n.opacities}
+        neutral = {g: getattr(ident.neutral, fld) for g, fld in GROUP_FIELDS.items()}
         bases = {g: torch.from_numpy(b.bases[g].dense(b.gaussian_count)) for g in GROUP_DIMS}
         return cls(layers, neutral, bases)
 
     @classmethod
-    def random(cls, G: int, P: int, K: int, hidden: tuple[int, ...] = (256, 512), seed: int = 0) -> "TorchBlend":
+    def random(cls, G: int, P: int, K: int, hidden: tuple[int, ...] = MLPTrainConfig.hidden, seed: int = 0) -> "TorchBlend":
         g = torch.Generator().manual_seed(seed)
-        widths = [P, *hidden, 4 * K]
-        layers = [(torch.randn(o, i, generator=g) / i ** 0.5, torch.zeros(o), 0.2 if j < len(hidden) else None)
+        widths = [P, *hidden, len(GROUP_DIMS) * K]
+        slope = MLPTrainConfig.negative_slope
+        layers = [(torch.randn(o, i, generator=g) / i ** 0.5, torch.zeros(o), slope if j < len(hidden) else None)
                   for j, (i, o) in enumerate(zip(widths[:-1], widths[1:]))]
         neutral = {k: torch.rand(G, d, generator=g) for k, d in GROUP_DIMS.items()}
         bases = {k: torch.randn(K, G, d, generator=g) * 1e-3 for k, d in GROUP_DIMS.items()}
@@ -72,22 +74,18 @@ class TorchBlend:
                 h = torch.nn.functional.leaky_relu(h, slope)
         out = {}
         for (g, d), c in zip(GROUP_DIMS.items(), h.split(self.ranks)):
-            out[g] = torch.addmv(self.neutral[g], self.bases[g].T, c).reshape(-1, d)
-        out["scale"] = out["scale"].clamp_min(1e-5)
-        out["rotation"] = out["rotation"] / out["rotation"].norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        out["opacity"] = out["opacity"].clamp(0.0, 1.0)
-        return out
+            out[GROUP_FIELDS[g]] = torch.addmv(self.neutral[g], self.bases[g].T, c).reshape(-1, d)
+        return apply_constraints(out)
 
 
 def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None, warmup: int) -> dict:
     import onnxruntime as ort
 
-    from exporter.onnx_export import export_expression_path, onnx_feeds
+    from exporter.interop.onnx_export import export_expression_path, onnx_feeds
 
     torch.manual_seed(0)
     gen = build_generator(None, head, preset)
-    with torch.no_grad():
-        cache = gen.identity(gen.map(z_from_seed(42, gen.cfg.z_dim), truncation_psi=0.7))
+    cache = identity_from_seed(gen, 42, TRUNCATION_PSI)
     conds = ExpressionPrior.for_head(head).sample(range(frames), seed=1)
     G = gen.num_gaussians
     it = iter(range(10**9))

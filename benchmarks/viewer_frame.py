@@ -29,11 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
+from agora_core.types.spec import GROUP_NAMES
 from benchmarks.common import write_results
 from exporter.agm import write_agm
+from exporter.agm.synthetic import synthetic_bundle
 from webviewer.headless import CHROMIUM_FLAGS, chromium_path, launch_chromium, serve_in_thread
 from webviewer.server import create_app
-from webviewer.synthetic import synthetic_bundle
 
 RESULTS = Path(__file__).resolve().parent / "results" / "viewer_frame.json"
 
@@ -41,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "viewer_frame.json"
 def make_bundle(count: int, rank: int, hidden: tuple[int, ...], quant: str, sparse: float | None, folder: Path) -> Path:
     path = folder / f"bench_{count}_{rank}_{quant}_{sparse}.agm"
     if not path.exists():
-        b = synthetic_bundle(count, identities=1, ranks=(rank,) * 4, hidden=hidden, names="arkit", seed=0)
+        b = synthetic_bundle(count, identities=1, ranks=(rank,) * len(GROUP_NAMES), hidden=hidden, names="arkit", seed=0)
         write_agm(b, path, quant=quant, sparse_threshold=sparse)
     return path
 
@@ -147,7 +149,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="Animated vs static frame time of the WebGL2 viewer (headless Chromium).")
     parser.add_argument("--counts", type=int, nargs="+", default=[65_536, 262_144], help="Gaussian counts")
     parser.add_argument("--rank", type=int, default=64, help="blendshapes per group")
-    parser.add_argument("--hidden", default="256,512", help="MLP hidden widths")
+    parser.add_argument("--hidden", default=",".join(map(str, MLPTrainConfig.hidden)), help="MLP hidden widths")
     parser.add_argument("--quant", choices=["int8", "fp16"], default="int8")
     parser.add_argument("--sparse", type=float, default=0.002, help="sparse threshold (0: dense)")
     parser.add_argument("--draw", nargs="+", default=["indexed"], choices=["indexed", "vertex", "instanced"],

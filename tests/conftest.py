@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from tests.browser import browser, page  # noqa: F401  (shared by every browser test module)
+from tests.support.browser import browser, page  # noqa: F401  (shared by every browser test module)
 
 
 @pytest.fixture(scope="session")
 def builtin_head():
-    from agora_core.builtin_head import builtin_head_model
+    from agora_core.heads.builtin import builtin_head_model
 
     return builtin_head_model()
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from agora_core.errors import AgoraError
-from agora_core.gaussians import Gaussians
-from exporter import agm
+from agora_core.types.errors import AgoraError
+from agora_core.types.gaussians import Gaussians
+from agora_core.types.spec import GROUP_FIELDS as FIELD
+from agora_core.types.spec import GROUPS as SPEC_GROUPS
+from agora_core.types.spec import PARAMETER_GROUPS as PARAM_GROUPS
 from exporter.agm import (
     AgmBasis,
     AgmBundle,
@@ -17,16 +19,16 @@ from exporter.agm import (
     AgmIdentity,
     AgmLayer,
     AgmMLP,
-    fold_identity_into_bias,
     inspect_agm,
     read_agm,
-    select_sparse,
     write_agm,
 )
+from exporter.agm import write as agm_write
+from exporter.agm.layout import DTYPES, MAGIC
+from exporter.agm.model import blend, fold_identity_into_bias, neutral_array
+from exporter.agm.write import select_sparse
 
-GROUPS = agm.GROUPS
-FIELD = agm.NEUTRAL_FIELD
-PARAM_GROUPS = ("expression", "jaw", "eyelids", "neck", "eyes")
+GROUPS = [(g.name, g.dim) for g in SPEC_GROUPS]
 # typical residual magnitudes per group (metres / metres / quaternion / opacity)
 MAGNITUDE = {"xyz": 1e-3, "scale": 2e-4, "rotation": 2e-2, "opacity": 2e-2}
 
@@ -124,7 +126,7 @@ def rebuild(data: bytes, mutate=None, raw_json: bytes | None = None, shift: int 
     js = raw_json if raw_json is not None else json.dumps(header).encode()
     assert 32 + len(js) <= start
     length = start + len(body)
-    pre = struct.pack("<8sHHIIIII", agm.MAGIC, 1, 0, len(js), zlib.crc32(js), length & 0xFFFFFFFF, length >> 32, 0)
+    pre = struct.pack("<8sHHIIIII", MAGIC, 1, 0, len(js), zlib.crc32(js), length & 0xFFFFFFFF, length >> 32, 0)
     return pre + js + bytes(start - 32 - len(js)) + bytes(body)
 
 
@@ -346,7 +348,7 @@ def test_constraints_are_applied(tmp_path):
         raw = {}
         for grp, _ in GROUPS:
             c = b.coefficients(p)[grp]
-            raw[grp] = agm.blend(agm.neutral_array(b.identities[0].neutral, grp), b.bases[grp], c)
+            raw[grp] = blend(neutral_array(b.identities[0].neutral, grp), b.bases[grp], c)
         assert (raw["scale"] < 1e-4).any() and g.scales.min().item() == pytest.approx(1e-4)
         assert (g.scales >= float(np.float32(1e-4))).all()
         assert np.abs(np.linalg.norm(raw["rotation"], axis=1) - 1).max() > 0.1
@@ -393,7 +395,7 @@ def test_layout_alignment_and_crcs(bundle, tmp_path, kw):
     spans = []
     for s in header["sections"]:
         assert s["offset"] % 64 == 0 and s["offset"] >= 32 + fields[3]
-        assert s["length"] == np.dtype(agm.DTYPES[s["dtype"]]).itemsize * int(np.prod(s["shape"]))
+        assert s["length"] == np.dtype(DTYPES[s["dtype"]]).itemsize * int(np.prod(s["shape"]))
         assert zlib.crc32(data[s["offset"]:s["offset"] + s["length"]]) == s["crc32"]
         spans.append((s["offset"], s["offset"] + s["length"]))
     spans.sort()
@@ -473,7 +475,7 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_old_one(bundle, tmp_path, m
     path, _ = write(bundle, tmp_path)
     before = path.read_bytes()
     calls = {"n": 0}
-    real = agm._write_section
+    real = agm_write._write_section
 
     def failing(f, blob, position):
         calls["n"] += 1
@@ -481,7 +483,7 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_old_one(bundle, tmp_path, m
             raise OSError("disk full")
         return real(f, blob, position)
 
-    monkeypatch.setattr(agm, "_write_section", failing)
+    monkeypatch.setattr(agm_write, "_write_section", failing)
     with pytest.raises(OSError, match="disk full"):
         write_agm(bundle, path, quant="int8")
     assert path.read_bytes() == before

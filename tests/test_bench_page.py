@@ -1,7 +1,7 @@
 """The benchmark page in headless Chromium on a real tiny bundle, and its ONNX baseline.
 
 A tiny AGORA-M extraction (``agora-export bundle --preset tiny``) is served with the ONNX baseline
-rebuilt from its provenance (``exporter.baseline``). The page runs the static, AGORA-M and
+rebuilt from its provenance (``exporter.interop.baseline``). The page runs the static, AGORA-M and
 onnxruntime-web modes from its own buttons (one tap Run, one tap Send), and the result it posts must
 be well formed and saved. The baseline must really run the full AGORA path in the browser: its
 Gaussians equal Python onnxruntime's, and the agreement the page reports equals the Python
@@ -17,11 +17,11 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-from agora_core.errors import AgoraError
+from agora_core.types.errors import AgoraError
 from exporter.agm import read_agm
-from exporter.baseline import build_baseline, load_baseline
-from exporter.cli import app as cli_app
-from tests.browser import artifact, assert_loopback_only
+from exporter.interop.baseline import build_baseline, load_baseline
+from exporter.cli.export import app as cli_app
+from tests.support.browser import artifact, assert_loopback_only
 from webviewer import server as server_mod
 from webviewer.bench_results import validate_result
 from webviewer.bench_server import DEFAULT_ORT_DIR, ORT_EP_FILES

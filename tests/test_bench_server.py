@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.baseline import Baseline
+from exporter.interop.baseline import Baseline
 from webviewer import bench_results
 from webviewer.bench_results import MAX_RESULT_BYTES, SCHEMA_ID, ResultError, validate_result
 from webviewer.bench_server import DEFAULT_ORT_DIR, ORT_EP_FILES
 from webviewer.headless import ServerThread
 from webviewer.server import banner, bundle_table, create_app
-from webviewer.synthetic import synthetic_bundle
+from exporter.agm.synthetic import synthetic_bundle
 from exporter.agm import write_agm
 
 UA = "Mozilla/5.0 (Linux; Android 15; Pixel 9) AppleWebKit/537.36 Chrome/140.0 Mobile Safari/537.36"

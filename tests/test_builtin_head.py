@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from agora_core.builtin_head import builtin_head_model, load_builtin_head
-from agora_core.head_model import HeadModelData
+from agora_core.heads.builtin import builtin_head_model, load_builtin_head
+from agora_core.heads.model import HeadModelData
 
 ARKIT_BLENDSHAPES = {
     "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",

@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.agm import read_agm
-from exporter.cli import app
+from exporter.cli.export import app
 
 runner = CliRunner()
 FAST = ["--preset", "tiny", "--samples", "48", "--rank", "6", "--epochs", "30", "--quiet"]
@@ -78,7 +78,7 @@ def test_truncate_ranks_drops_only_blendshapes_no_gaussian_needs():
     import copy
 
     from tests.test_agm import make_bundle, random_params
-    from exporter.bundle import truncate_ranks
+    from exporter.agm.sparsify import truncate_ranks
 
     bundle, _ = make_bundle(G=64, identities=2, ranks=(8, 6, 5, 4), seed=3)
     bases = {g: bundle.bases[g].values.copy() for g in bundle.bases}

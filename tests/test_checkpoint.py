@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from agora_core.checkpoint import CheckpointError, build_generator, load_generator, save_generator
+from agora_core.generator.checkpoint import CheckpointError, build_generator, load_generator, save_generator
 from agora_core.generator import AgoraGenerator, get_preset, z_from_seed
 
 
@@ -57,9 +57,9 @@ def test_pickled_code_is_never_executed(builtin_head, tmp_path, monkeypatch):
 
 
 def test_checkpoint_for_another_head_is_refused(tiny, tmp_path):
-    from agora_core.flame import load_flame
-    from agora_core.head_model import HeadModel
-    from tests.flame_fixture import make_fake_flame
+    from agora_core.heads.flame import load_flame
+    from agora_core.heads.model import HeadModel
+    from tests.support.flame_fixture import make_fake_flame
 
     path = save_generator(tiny, tmp_path / "g.pt")
     other = HeadModel(load_flame(make_fake_flame(tmp_path / "flame")))

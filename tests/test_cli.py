@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from exporter.cli import app
+from exporter.cli.export import app
 
 runner = CliRunner()
 
@@ -40,7 +40,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
 
 
 def test_ply_and_onnx_commands_write_valid_files(tmp_path):
-    from exporter.ply import read_ply
+    from exporter.interop.ply import read_ply
 
     ply = tmp_path / "a.ply"
     result = runner.invoke(app, ["ply", "--seed", "4", "--preset", "tiny", str(ply)])

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from agora_core.camera import orbit_camera
-from agora_core.dataset import (
+from agora_core.types.camera import orbit_camera
+from agora_core.training.dataset import (
     AUTHORS_WIDTH,
     DatasetError,
     HeadImageDataset,
@@ -23,9 +23,7 @@ from agora_core.dataset import (
     smirk_to_conditioning,
     write_dataset_json,
 )
-from agora_core.errors import AgoraError
-
-sys.path.insert(0, str(Path(__file__).parent))
+from agora_core.types.errors import AgoraError
 
 
 def _make_folder(root: Path, head, n: int = 3, masks: bool = True, size: int = 40) -> list[dict]:
@@ -137,7 +135,7 @@ def test_smirk_camera_projects_like_the_orthographic_camera():
     assert abs(float(cond[0, 16]) - 2.5) < 1e-6  # fx / W = s * distance / 2
     # a rotation about the pivot: any point at the posed centre's depth matches the ortho projection
     aa = torch.tensor([0.1, 0.4, -0.05], dtype=torch.float64)
-    from agora_core.head_model import axis_angle_to_matrix
+    from agora_core.heads.model import axis_angle_to_matrix
 
     R = axis_angle_to_matrix(aa)
     s, t = 8.0, torch.tensor([0.01, 0.03], dtype=torch.float64)
@@ -154,10 +152,10 @@ def test_smirk_camera_projects_like_the_orthographic_camera():
 
 
 def test_authors_layout_with_a_flame_head(tmp_path):
-    from flame_fixture import make_fake_flame
+    from tests.support.flame_fixture import make_fake_flame
 
-    from agora_core.flame import load_flame
-    from agora_core.head_model import HeadModel
+    from agora_core.heads.flame import load_flame
+    from agora_core.heads.model import HeadModel
 
     flame_dir = tmp_path / "flame"
     flame_dir.mkdir()

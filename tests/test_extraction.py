@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from agora_core.coefficient_mlp import evaluate_layers
-from agora_core.errors import AgoraError
-from agora_core.expression_prior import AUTHORS_WIDTH, ExpressionPrior, sample_identities
-from agora_core.extraction import GROUPS, ExtractionConfig, ResidualSource, extract_agora_m
-from agora_core.generator import AgoraGenerator, get_preset
-from agora_core.head_model import HeadModel
+from agora_core.agora_m import ExtractionConfig, extract_agora_m
+from agora_core.agora_m.coefficient_mlp import MLPTrainConfig, evaluate_layers
+from agora_core.agora_m.residuals import ResidualSource
+from agora_core.generator import AgoraGenerator, get_preset, sample_identities
+from agora_core.heads.expressions import AUTHORS_WIDTH, ExpressionPrior
+from agora_core.heads.model import HeadModel
+from agora_core.types.errors import AgoraError
+from agora_core.types.spec import GROUPS
 
-CFG = ExtractionConfig(num_samples=96, rank=8, seeds=(0, 1, 2), batch_size=16, epochs=120, mlp_batch_size=32,
+ONE_EPOCH = MLPTrainConfig(epochs=1, batch_size=32)
+CFG = ExtractionConfig(num_samples=96, rank=8, seeds=(0, 1, 2), batch_size=16, mlp=MLPTrainConfig(epochs=120, batch_size=32),
                        fidelity_samples=12, render_samples=1, fidelity_yaws=(0.0,), fidelity_size=48, seed=0)
 
 
@@ -37,7 +40,7 @@ def result(tiny):
 @pytest.fixture(scope="module")
 def pca_head(builtin_head):
     """The built-in head with FLAME-style PCA unit names (exp_0..) and ranges (-3, 3)."""
-    from agora_core.builtin_head import load_builtin_head
+    from agora_core.heads.builtin import load_builtin_head
 
     data = load_builtin_head()
     data.expression_names = [f"exp_{i}" for i in range(len(data.expression_names))]
@@ -75,7 +78,7 @@ def test_explained_variance_increases_with_rank(tiny, result):
         assert all(b >= a for a, b in zip(curve, curve[1:]))
         # the exact value on the pass-2 rows lies between the sketch's lower and upper bounds
         assert result.explained_variance_sketch[g] - 1e-4 <= result.explained_variance[g] <= 1.0
-    small = extract_agora_m(tiny, replace(CFG, rank=3, epochs=1, fidelity_samples=0, render_samples=0), progress=False)
+    small = extract_agora_m(tiny, replace(CFG, rank=3, mlp=ONE_EPOCH, fidelity_samples=0, render_samples=0), progress=False)
     for g, _, _ in GROUPS:
         assert small.explained_variance[g] < result.explained_variance[g], g
 
@@ -95,7 +98,7 @@ def test_folded_identity_mlp_gives_identical_outputs(result):
     for i in range(result.num_identities):
         direct = result.coefficients(i, conds).numpy()
         layers = result.export_mlp(i)
-        assert layers[0]["weight"].shape == (result.config.mlp_hidden[0], len(result.condition_names))
+        assert layers[0]["weight"].shape == (result.config.mlp.hidden[0], len(result.condition_names))
         assert layers[-1]["weight"].shape[0] == sum(result.ranks.values())
         assert [l["activation"] for l in layers] == ["leaky_relu", "leaky_relu", "none"]
         folded = evaluate_layers(layers, conds.numpy())
@@ -106,7 +109,7 @@ def test_folded_identity_mlp_gives_identical_outputs(result):
 def test_mlp_report(result):
     rep = result.mlp_report
     assert rep.train_rows + rep.val_rows == CFG.num_samples and rep.val_rows == round(0.1 * CFG.num_samples)
-    assert 1 <= rep.best_epoch <= CFG.epochs
+    assert 1 <= rep.best_epoch <= CFG.mlp.epochs
     for d in (rep.train_mse_groups, rep.val_mse_groups, rep.train_attribute_mse, rep.val_attribute_mse):
         assert set(d) == {g for g, _, _ in GROUPS} and all(math.isfinite(v) and v >= 0 for v in d.values())
     assert rep.history[-1]["train"] < rep.history[0]["train"]
@@ -149,18 +152,18 @@ def test_interrupted_and_resumed_extraction_equals_uninterrupted(tiny, result, t
     with pytest.raises(RuntimeError, match="simulated crash"):
         extract_agora_m(tiny, cfg, progress=False)
     monkeypatch.setattr(ResidualSource, "rows", original)
-    resumed = extract_agora_m(tiny, replace(cfg, epochs=1, fidelity_samples=0, render_samples=0), progress=False)
+    resumed = extract_agora_m(tiny, replace(cfg, mlp=ONE_EPOCH, fidelity_samples=0, render_samples=0), progress=False)
     assert resumed.svd_info["resumed_from_row"] == 32
     for g, _, _ in GROUPS:
         assert torch.equal(resumed.bases[g], result.bases[g]), g
         assert resumed.explained_variance[g] == pytest.approx(result.explained_variance[g], abs=1e-12)
-    again = extract_agora_m(tiny, replace(cfg, epochs=1, fidelity_samples=0, render_samples=0), progress=False)
+    again = extract_agora_m(tiny, replace(cfg, mlp=ONE_EPOCH, fidelity_samples=0, render_samples=0), progress=False)
     assert again.svd_info["resumed_from_row"] == CFG.num_samples
     assert again.svd_info["projection_resumed_from_row"] == CFG.num_samples
 
 
 def test_per_group_ranks_with_a_static_group(tiny):
-    res = extract_agora_m(tiny, replace(CFG, rank={"xyz": 6, "scale": 2, "rotation": 4}, epochs=1, fidelity_samples=2,
+    res = extract_agora_m(tiny, replace(CFG, rank={"xyz": 6, "scale": 2, "rotation": 4}, mlp=ONE_EPOCH, fidelity_samples=2,
                                         render_samples=0, centre=True), progress=False)
     assert res.ranks == {"xyz": 6, "scale": 2, "rotation": 4, "opacity": 0}
     assert res.bases["opacity"].shape == (0, res.num_gaussians, 1)
@@ -170,7 +173,7 @@ def test_per_group_ranks_with_a_static_group(tiny):
 
 
 def test_centred_extraction_blends_around_the_mean(tiny):
-    res = extract_agora_m(tiny, replace(CFG, centre=True, epochs=1, fidelity_samples=0, render_samples=0), progress=False)
+    res = extract_agora_m(tiny, replace(CFG, centre=True, mlp=ONE_EPOCH, fidelity_samples=0, render_samples=0), progress=False)
     assert res.means is not None
     out = res.blend(0, torch.zeros(1, sum(res.ranks.values())))
     assert torch.allclose(out.means[0], res.neutral.means[0] + res.means["xyz"], atol=1e-6)

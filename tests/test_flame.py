@@ -11,19 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.support.flame_fixture import Py2StylePickler, fake_chumpy_classes, fake_modules, fake_flame_arrays, make_fake_flame, make_malicious_pickle, mouth_loop_vertices  # noqa: E402
 
-from flame_fixture import Py2StylePickler, fake_chumpy_classes, fake_modules, fake_flame_arrays, make_fake_flame, make_malicious_pickle, mouth_loop_vertices  # noqa: E402
-
-from agora_core.flame import (  # noqa: E402
+from agora_core.heads.flame import (  # noqa: E402
     FlameFileNotFoundError,
     FlameFormatError,
     FlameUnsafeFileError,
     boundary_loops,
     load_flame,
 )
-from agora_core.head_model import HeadModel  # noqa: E402
-from agora_core.safe_pickle import UnsafePickleError, safe_load, safe_loads  # noqa: E402
+from agora_core.heads.model import HeadModel  # noqa: E402
+from agora_core.heads.safe_pickle import UnsafePickleError, safe_load, safe_loads  # noqa: E402
 
 EXPECTED = fake_flame_arrays()
 V0 = len(EXPECTED["v_template"])

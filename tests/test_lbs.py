@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from agora_core.head_model import axis_angle_to_matrix, lbs
+from agora_core.heads.model import axis_angle_to_matrix, lbs
 
 
 def skew(v):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agora_core.camera import orbit_camera
-from agora_core.head_sources import head_center
-from agora_core.mesh_splats import (
+from agora_core.types.camera import orbit_camera
+from agora_core.heads.sources import head_center
+from agora_core.render.mesh_splats import (
     CODE_BACKGROUND,
     MeshSplatter,
     expression_code_image,

@@ -20,8 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from exporter.agm import read_agm
-from exporter.cli import app
-from exporter.official import OfficialFormatError, import_official, read_camera, read_release
+from exporter.cli.export import app
+from exporter.interop.official import OfficialFormatError, import_official, read_camera, read_release
 
 runner = CliRunner()
 W_DIM, P, K, G = 512, 55, 6, 300

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agora_core.errors import AgoraError
+from agora_core.types.errors import AgoraError
 from agora_core.generator import AgoraGenerator, Condition, get_preset
-from agora_core.head_model import HeadModel
-from exporter.onnx_export import (
+from agora_core.heads.model import HeadModel
+from exporter.interop.onnx_export import (
     INPUT_NAMES,
     OUTPUT_NAMES,
     ExpressionPathModule,

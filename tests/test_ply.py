@@ -5,9 +5,9 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from agora_core.errors import AgoraError
-from agora_core.gaussians import Gaussians
-from exporter.ply import ply_property_names, read_ply, write_ply
+from agora_core.types.errors import AgoraError
+from agora_core.types.gaussians import Gaussians
+from exporter.interop.ply import ply_property_names, read_ply, write_ply
 
 EXPECTED_NAMES = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
                   + [f"f_rest_{i}" for i in range(9)]

@@ -1,4 +1,4 @@
-"""Tests of agora_core.rasterizer (torch backend, CPU).
+"""Tests of agora_core.render.rasterizer (torch backend, CPU).
 
 The references here are written independently of the implementation: a numpy EWA projection
 for single Gaussians (checked pixel by pixel against the closed form), and a per-pixel loop
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from agora_core.camera import Camera, orbit_camera
-from agora_core.gaussians import Gaussians, rgb_to_sh_dc
-from agora_core.rasterizer import (
+from agora_core.types.camera import Camera, orbit_camera
+from agora_core.types.gaussians import Gaussians, rgb_to_sh_dc
+from agora_core.render.rasterizer import (
     ALPHA_MAX,
     ALPHA_MIN,
     T_MIN,
@@ -288,7 +288,7 @@ def test_width_height_override_scales_intrinsics() -> None:
 def test_row_bands_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
     """Images are composited in bands of rows (``PAIR_CHUNK`` pairs); tiny bands give the same
     images and gradients as one band."""
-    import agora_core.rasterizer as rast
+    import agora_core.render.rasterizer as rast
 
     g = random_scene(40, seed=8)
     cam = pinhole(batch=2)

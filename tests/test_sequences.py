@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.agm import write_agm
-from exporter.cli import app
-from exporter.official import flame_parameter_specs
-from exporter.sequences import (SequenceError, flame_names, match_layout, read_sequence, savgol_smooth,
+from exporter.cli.export import app
+from exporter.interop.official import flame_parameter_specs
+from exporter.interop.sequences import (SequenceError, flame_names, match_layout, read_sequence, savgol_smooth,
                                 timecode_fps)
-from webviewer.synthetic import ARKIT_NAMES, synthetic_bundle
+from exporter.agm.synthetic import ARKIT_NAMES, synthetic_bundle
 
 runner = CliRunner()
 LIVE_LINK_POSE = ["HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll", "RightEyeYaw",

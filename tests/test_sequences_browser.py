@@ -1,7 +1,7 @@
 """Driving sequences in the viewer (headless Chromium): every format parsed in the browser
 (``static/js/sequences.js``: VHAP/SMIRK .npz through its own zip + .npy reader, ARKit CSV/JSON, the
 authors' JSON), dropped on the page, must drive the bundle exactly like the Python reader
-(``exporter.sequences``), and a layout that does not fit the bundle must be refused with the same
+(``exporter.interop.sequences``), and a layout that does not fit the bundle must be refused with the same
 message as ``agora-export sequence``.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from exporter.agm import write_agm
-from exporter.official import flame_parameter_specs
-from exporter.sequences import SequenceError, flame_names, match_layout, read_sequence, to_bundle_frames
-from tests.browser import PageDriver, assert_loopback_only, make_site
-from webviewer.synthetic import ARKIT_NAMES, synthetic_bundle
+from exporter.interop.official import flame_parameter_specs
+from exporter.interop.sequences import SequenceError, flame_names, match_layout, read_sequence, to_bundle_frames
+from tests.support.browser import PageDriver, assert_loopback_only, make_site
+from exporter.agm.synthetic import ARKIT_NAMES, synthetic_bundle
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def site(tmp_path_factory):
     arkit = synthetic_bundle(600, identities=1, ranks=(4, 2, 2, 1), hidden=(8,), names="arkit", seed=1)
     write_agm(arkit, d / "arkit.agm", quant="fp16")
     # a bundle imported from files in the authors' layout (written by tests/test_official_import.py's helpers)
-    from exporter.official import import_official
+    from exporter.interop.official import import_official
     from tests.test_official_import import make_release
 
     make_release(d / "release", identities=2, gz=True)

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from agora_core.errors import AgoraError
-from agora_core.streaming_svd import FrequentDirections, resolve_ranks, streaming_svd, subspace_sines
+from agora_core.types.errors import AgoraError
+from agora_core.agora_m.streaming_svd import FrequentDirections, resolve_ranks, streaming_svd, subspace_sines
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import torch
 
-from agora_core.dataset import HeadImageDataset, camera_from_conditioning
-from agora_core.synthetic import SyntheticConfig, SyntheticRenderer, write_synthetic_dataset
+from agora_core.training.dataset import HeadImageDataset, camera_from_conditioning
+from agora_core.training.synthetic import SyntheticConfig, SyntheticRenderer, write_synthetic_dataset
 
 
 def _files(root):
@@ -47,7 +47,7 @@ def test_dataset_round_trip_and_content(tmp_path, one_thread):
         assert skin.max() < 0.95 and skin[0] >= skin[2]  # coloured, warm (skin / hair), not white
         # the camera looks at the head: the head centre projects near the image centre
         cam = camera_from_conditioning(it["camera"], 32, 32)
-        from agora_core.head_sources import head_center
+        from agora_core.heads.sources import head_center
 
         c = torch.tensor(head_center(SyntheticRenderer(cfg).head))
         p = cam.viewmat[0, :3, :3] @ c + cam.viewmat[0, :3, 3]

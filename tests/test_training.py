@@ -9,14 +9,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from agora_core.dataset import HeadImageDataset
-from agora_core.discriminator import Discriminator, DiscriminatorConfig, minibatch_stddev
-from agora_core.synthetic import SyntheticConfig, write_synthetic_dataset
-from agora_core.training import (
+from agora_core.training.dataset import HeadImageDataset
+from agora_core.training.discriminator import Discriminator, DiscriminatorConfig, minibatch_stddev
+from agora_core.training.synthetic import SyntheticConfig, write_synthetic_dataset
+from agora_core.training.trainer import (
     DatasetSource, LossWeights, RunPaths, StageConfig, TrainConfig, Trainer, TrainingError, open_run, parse_stages, read_state,
     save_state, train,
 )
-from exporter.train_cli import app as train_app
+from exporter.cli.train import app as train_app
 
 STAGES = [StageConfig(0.008, 32, 150), StageConfig(0.008, 64, 600, beta_opacity=True)]
 
@@ -204,7 +204,7 @@ def test_fade_in_after_a_resolution_increase(synth_dir, dataset, builtin_head):
 
 
 def test_init_from_a_generator_checkpoint(tmp_path, synth_dir, dataset, builtin_head):
-    from agora_core.checkpoint import save_generator
+    from agora_core.generator.checkpoint import save_generator
 
     source = Trainer(tiny_config(synth_dir, seed=9), builtin_head, dataset)
     path = save_generator(source.G, tmp_path / "g.pt", half=True)
@@ -223,8 +223,8 @@ def test_init_from_a_generator_checkpoint(tmp_path, synth_dir, dataset, builtin_
 def test_builtin_model_is_the_default_and_gallery_renders(tmp_path, builtin_head):
     from PIL import Image
 
-    from agora_core.checkpoint import BUILTIN_MODEL, build_generator
-    from exporter.cli import app as export_app
+    from agora_core.generator.checkpoint import BUILTIN_MODEL, build_generator
+    from exporter.cli.export import app as export_app
 
     assert BUILTIN_MODEL.is_file() and BUILTIN_MODEL.stat().st_size <= 25e6
     trained = build_generator(None, builtin_head, "small")

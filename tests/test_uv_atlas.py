@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from agora_core.uv_atlas import UVBaker, interpolate_on_mesh, lattice_samples, rasterize_uv, sample_uv_maps
+from agora_core.generator.uv_atlas import UVBaker, interpolate_on_mesh, lattice_samples, rasterize_uv, sample_uv_maps
 
 # two triangles covering the unit square, vertex i has UV uvs[i]
 UVS = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=np.float32)

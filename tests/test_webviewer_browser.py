@@ -1,7 +1,7 @@
 """The WebGL2 viewer in a real browser (headless Debian Chromium, SwiftShader, loopback only).
 
 Bundles are written with ``exporter.agm.write_agm`` from synthetic but plausible data
-(``webviewer.synthetic``): int8 sparse with two identities, fp16 dense with a rank-0 group and a
+(``exporter.agm.synthetic``): int8 sparse with two identities, fp16 dense with a rank-0 group and a
 3-layer MLP, FLAME-style names. Parity is checked against the Python reference (``read_agm`` +
 ``AgmBundle.coefficients/animate_arrays``) and the project rasterizer.
 
@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from exporter.agm import AgmFormatError, read_agm, write_agm
-from tests.browser import BACKGROUND, PageDriver, artifact, assert_loopback_only, make_site, psnr, save_png
-from webviewer.synthetic import synthetic_bundle
+from tests.support.browser import BACKGROUND, PageDriver, artifact, assert_loopback_only, make_site, psnr, save_png
+from exporter.agm.synthetic import synthetic_bundle
 
 SIZE = 256
 PSNR_MIN = 45.0  # dB, see the module docstring
@@ -108,8 +108,8 @@ def _set(viewer, params, identity=0):
 
 
 def _python_render(bundle, params, identity, camera_spec):
-    from agora_core.camera import Camera, intrinsics, look_at
-    from agora_core.rasterizer import rasterize
+    from agora_core.types.camera import Camera, intrinsics, look_at
+    from agora_core.render.rasterizer import rasterize
 
     cam = Camera(look_at(torch.tensor(camera_spec["position"], dtype=torch.float32),
                          torch.tensor(camera_spec["target"], dtype=torch.float32),
@@ -612,19 +612,22 @@ def test_webgl_usage_respects_ios_limits(browser, site):
 def test_real_extracted_bundle_opens(browser, tmp_path):
     """A tiny AGORA-M extraction of the untrained generator, bundled as `agora-export bundle` does
     (the command itself adds a fidelity report that takes ~30 s here)."""
-    extraction = pytest.importorskip("agora_core.extraction")
-    bundle_mod = pytest.importorskip("exporter.bundle")
-    from agora_core.builtin_head import builtin_head_model
+    from agora_core.agora_m import ExtractionConfig, extract_agora_m
+    from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
     from agora_core.generator import AgoraGenerator, get_preset
+    from agora_core.heads.builtin import builtin_head_model
+    from exporter.agm.build import build_bundle
+    from exporter.agm.sparsify import coefficient_rms
 
     torch.manual_seed(0)
     gen = AgoraGenerator(get_preset("tiny"), builtin_head_model()).eval()
-    cfg = extraction.ExtractionConfig(num_samples=24, rank=4, seeds=(0,), batch_size=8, epochs=5, mlp_batch_size=8,
-                                      mlp_hidden=(16,), fidelity_samples=2, render_samples=0, fidelity_size=16)
-    result = extraction.extract_agora_m(gen, cfg, progress=False)
-    agm = bundle_mod.build_bundle(result, gen, {})
+    cfg = ExtractionConfig(num_samples=24, rank=4, seeds=(0,), batch_size=8,
+                           mlp=MLPTrainConfig(hidden=(16,), epochs=5, batch_size=8), fidelity_samples=2, render_samples=0,
+                           fidelity_size=16)
+    result = extract_agora_m(gen, cfg, progress=False)
+    agm = build_bundle(result, gen, {})
     path = tmp_path / "real.agm"
-    write_agm(agm, path, quant="int8", sparse_threshold=0.002, energy_weights=bundle_mod.coefficient_rms(result))
+    write_agm(agm, path, quant="int8", sparse_threshold=0.002, energy_weights=coefficient_rms(result))
     ref = read_agm(path)
     site = make_site({"real.agm": path})
     context = browser.new_context(viewport={"width": 600, "height": 600})

@@ -13,12 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.agm import read_agm, write_agm
-from exporter.cli import app as cli_app
+from exporter.cli.export import app as cli_app
 from webviewer import server as server_mod
 from webviewer.headless import ServerThread
 from webviewer.qr import qr_matrix, qr_terminal
 from webviewer.server import STATIC_DIR, banner, bundle_table, create_app
-from webviewer.synthetic import synthetic_bundle
+from exporter.agm.synthetic import synthetic_bundle
 
 SECRET = "do-not-serve-this-secret"
 
@@ -294,13 +294,13 @@ def test_demo_sequence_is_valid_and_drives_the_builtin_head(builtin_head):
     assert (frames >= ranges[:, 0] - 1e-6).all() and (frames <= ranges[:, 1] + 1e-6).all()
     names = seq["names"]
     assert frames[:, names.index("mouthSmileLeft")].max() > 0.8 and frames[:, names.index("eyeBlinkLeft")].max() > 0.9
-    from webviewer.make_demo_sequence import demo_sequence
+    from tests.support.demo_sequence import demo_sequence
 
     assert demo_sequence(names) == {k: seq[k] for k in seq}  # the committed file is what the script writes
 
 
 def test_demo_sequence_for_flame_style_names(tmp_path):
-    from webviewer.make_demo_sequence import main
+    from tests.support.demo_sequence import main
 
     bundle = tmp_path / "flame.agm"
     write_agm(synthetic_bundle(200, names="flame"), bundle)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Union
 
-from agora_core.io_utils import atomic_write
+from agora_core.types.io import atomic_write
 
 SCHEMA_ID = "agora-bench/1"
 MAX_RESULT_BYTES = 256 * 1024

@@ -23,7 +23,7 @@ from typing import Optional
 from flask import Flask, abort, jsonify, request, send_from_directory
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from exporter.baseline import Baseline
+from exporter.interop.baseline import Baseline
 from webviewer.bench_results import MAX_RESULT_BYTES, ResultError, save_result, validate_result
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

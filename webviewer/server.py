@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from flask import Flask, abort, jsonify, send_file, send_from_directory
 
-from agora_core.errors import AgoraError
+from agora_core.types.errors import AgoraError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_HOST = "127.0.0.1"
@@ -90,7 +90,7 @@ def bundle_table(paths: Iterable[str | Path]) -> dict[str, ServedBundle]:
 def create_app(bundles: Sequence[str | Path], *, static_dir: str | Path = STATIC_DIR, baseline=None,
                results_dir: str | Path | None = None, ort_dir: str | Path | None = None) -> Flask:
     """The viewer app serving ``static_dir`` and exactly the files in ``bundles``; plus the benchmark
-    page, onnxruntime-web, the ONNX ``baseline`` (an :class:`exporter.baseline.Baseline`) and result
+    page, onnxruntime-web, the ONNX ``baseline`` (an :class:`exporter.interop.baseline.Baseline`) and result
     posts saved in ``results_dir`` (None: refused) - see :mod:`webviewer.bench_server`."""
     from webviewer.bench_server import register_bench
 

@@ -1,0 +1,131 @@
+"""``agora-train``: synthetic data, adversarial training with dual discrimination, model export.
+
+    agora-train synth data/synth --num 20000 --seed 0          # built-in head, procedural textures
+    agora-train run data/synth --out runs/builtin               # train (progress bar, samples, checkpoints)
+    agora-train run data/synth --out runs/builtin --resume      # continue exactly where it stopped
+    agora-train export runs/builtin model.pt --half             # the generator for --checkpoint
+
+Like ``agora-export``, every user mistake ends with one ``error:`` line and exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from agora_core.training.synthetic import SyntheticConfig
+from agora_core.training.trainer import TrainConfig
+from agora_core.types.errors import AgoraError
+from exporter.cli.options import HeadOpt, require_suffix, user_errors
+
+app = typer.Typer(
+    help="Train AGORA generators: synthetic data from the built-in head, dual-discrimination GAN training, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+SYNTH = SyntheticConfig()  # the defaults of the options below
+TRAIN = TrainConfig(data="")
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write (images/, masks/, dataset.json); must not hold a dataset yet."),
+    num: int = typer.Option(SYNTH.num, min=1, help="Number of samples."),
+    seed: int = typer.Option(SYNTH.seed, help="Seed: the same seed writes the same dataset."),
+    resolution: int = typer.Option(SYNTH.resolution, min=16, max=2048, help="Image size in pixels."),
+    device: str = typer.Option(SYNTH.device, help="Torch device for rendering (cpu, cuda)."),
+    batch: int = typer.Option(SYNTH.batch_size, min=1, help="Samples rendered per batch."),
+) -> None:
+    """Write a synthetic training set: procedurally textured built-in heads under random cameras and expressions."""
+    from agora_core.training.synthetic import write_synthetic_dataset
+
+    if (out / "dataset.json").exists():
+        raise AgoraError(f"{out} already holds a dataset (dataset.json): choose another folder or remove it first")
+    start = time.perf_counter()
+    cfg = SyntheticConfig(num=num, seed=seed, resolution=resolution, device=device, batch_size=batch)
+    path = write_synthetic_dataset(out, cfg)
+    typer.echo(f"wrote {num:,} samples at {resolution}x{resolution} to {path} in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+@user_errors
+def run(
+    data: Path = typer.Argument(..., help="Dataset folder with dataset.json (see docs/dataset.md)."),
+    out: Path = typer.Option(Path("runs/agora"), help="Run folder: config.json, log.jsonl, samples/, checkpoints/, generator.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (its saved config)."),
+    preset: str = typer.Option(TRAIN.preset, help="Generator preset (see `agora-export presets`)."),
+    head: HeadOpt = TRAIN.head,
+    batch: int = typer.Option(TRAIN.batch, min=2, help="Images per step (real and fake each)."),
+    stages: Optional[str] = typer.Option(None, help="Schedule RESxGAUSSIANS:KIMG[+beta],... e.g. '64x4000:200,128x16000:300+beta' "
+                                                    "(+beta: Beta opacity loss). Default: the preset's two stages."),
+    lr_g: float = typer.Option(TRAIN.lr_g, min=0.0, help="Generator learning rate (Adam)."),
+    lr_d: float = typer.Option(TRAIN.lr_d, min=0.0, help="Discriminator learning rate (Adam)."),
+    ema_kimg: float = typer.Option(TRAIN.ema_kimg, min=0.0, help="Half-life of the generator EMA in thousand images."),
+    seed: int = typer.Option(TRAIN.seed, help="Seed of initial weights and of every random draw."),
+    device: str = typer.Option(TRAIN.device, help="auto (CUDA if available), cpu, cuda, cuda:N."),
+    backend: str = typer.Option(TRAIN.backend, help="Rasterizer backend: auto (gsplat on CUDA when installed), torch, gsplat."),
+    max_minutes: Optional[float] = typer.Option(None, min=0.0, help="Stop (with a checkpoint) after this many minutes."),
+    fade_kimg: float = typer.Option(TRAIN.fade_kimg, min=0.0, help="Cross-fade D's input from the previous stage's resolution over "
+                                                        "this many thousand images after a resolution increase."),
+    init_from: Optional[Path] = typer.Option(None, help="Fine-tune: start the generator from this checkpoint "
+                                                        "(e.g. agora_core/data/builtin_generator.pt); D starts fresh."),
+    sample_every: int = typer.Option(TRAIN.sample_every, min=0, help="Steps between sample grids (0: only at the end)."),
+    checkpoint_every: int = typer.Option(TRAIN.checkpoint_every, min=0, help="Steps between checkpoints (0: only at the end)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train the AGORA generator on a dataset (non-saturating GAN, R1, dual discrimination, EMA)."""
+    from agora_core.training.dataset import HeadImageDataset
+    from agora_core.heads.sources import load_head_model
+    from agora_core.training.trainer import DatasetSource, LossWeights, RunPaths, open_run, parse_stages, run_config, train
+
+    paths = RunPaths(out)
+    given = TrainConfig(
+        data=str(data), preset=preset, head=head, batch=batch, lr_g=lr_g, lr_d=lr_d,
+        stages=parse_stages(stages) if stages else [], losses=LossWeights(), ema_kimg=ema_kimg, seed=seed,
+        device=device, backend=backend, sample_every=sample_every, checkpoint_every=checkpoint_every,
+        max_minutes=max_minutes, fade_kimg=fade_kimg, init_from=str(init_from) if init_from else None,
+    ).validate()
+    cfg = run_config(paths, given, resume)
+    head_model = load_head_model(cfg.head)
+    resolution = max(s.resolution for s in cfg.resolved_stages())
+    dataset = DatasetSource(HeadImageDataset(cfg.data, resolution=resolution, head=head_model, preload=True))
+    trainer = open_run(paths, cfg, head_model, dataset, resume)
+    where = f"resuming at step {trainer.step} ({trainer.images_seen / 1000:.1f} kimg)" if resume else "new run"
+    typer.echo(f"{where}: {len(dataset):,} images, {trainer.G.num_gaussians:,} Gaussians, device {trainer.device}, "
+               f"{trainer.cfg.total_kimg:g} kimg in {len(trainer.stages)} stage(s) -> {out}")
+    start = time.perf_counter()
+    train(trainer, paths, progress=progress)
+    typer.echo(f"step {trainer.step}, {trainer.images_seen / 1000:.1f} kimg, {time.perf_counter() - start:.0f} s; "
+               f"generator: {paths.generator} (use with --checkpoint)")
+
+
+@app.command()
+@user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A training run folder (holds checkpoints/latest.pt)."),
+    out: Path = typer.Argument(..., help="Generator checkpoint (.pt) to write: the EMA generator."),
+    half: bool = typer.Option(False, "--half", help="Store weights as float16 (half the size)."),
+    gaussians: Optional[int] = typer.Option(None, min=1, help="Re-sample the UV lattice for about this many Gaussians "
+                                                              "(default: the count of the run's current stage)."),
+) -> None:
+    """Write the run's EMA generator as a checkpoint for `agora-export ... --checkpoint`."""
+    from agora_core.heads.sources import load_head_model
+    from agora_core.training.trainer import RunPaths, export_run, read_run_config
+
+    require_suffix(out, ".pt")
+    paths = RunPaths(run_dir)
+    path, step, seen = export_run(paths, load_head_model(read_run_config(paths).head), out, half=half, gaussians=gaussians)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, step {step}, {seen / 1000:.1f} kimg)")
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

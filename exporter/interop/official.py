@@ -1,0 +1,683 @@
+"""Reader of the authors' AGORA-M release files, and their conversion to an ``.agm`` bundle.
+
+``agora-export import-official DIR OUT.agm`` turns what the authors publish for their web demo
+(and/or their PyTorch files) into one compact ``.agm`` that this project's viewer plays, without
+retraining. The accepted layout is documented in ``docs/interop.md``; in short, ``DIR`` holds
+
+* ``pca_basis_K<K>.bin`` (or ``.bin.gz``): the shared Gaussian blendshape bases, a 16-byte header
+  of four little-endian u32 ``(K, G, width, height)`` then ``width x height`` RGBA16F texels, of
+  which the first ``3 K G`` are used, k-major: texel ``(k G + n) 3 + s`` of basis ``k`` and
+  Gaussian ``n`` holds 4 of the 12 halves ``xyz(3) scale(3) quat wxyz(4) opacity(1) pad(1)``
+  (3 texels x 8 bytes = 24 bytes per Gaussian and basis);
+* per identity (``DIR`` itself, or one ``seed_<N>/`` folder per identity):
+  ``base_attributes.bin``: a 16-byte header ``(G, width, height, 0)`` then ``width x height``
+  RGBA32F texels, the first ``4 G`` used, 16 floats per Gaussian ``pos(3) scale(3) quat wxyz(4)
+  opacity(1) rgb(3) pad(2)`` (RGB baked from SH degree 1 at one front camera, in [0, 1]);
+  ``mlp_weights.json``: ``{"w_code": [512 floats], "layers": [{"in", "out", "weight": [out][in]
+  (row-major), "bias": [out]}, ...], "K", "activation", "alpha"}``; ``camera_params.json``
+  (optional): ``{"position", "rotation" (3x3 camera-to-world, OpenCV axes), "fx", "fy", "width",
+  "height", "centroid"}``;
+* optionally ``svd_basis.pt`` (``G``, ``K``, ``U_xyz [K, 3G]``, ``U_scale [K, 3G]``,
+  ``U_rotation [K, 4G]``, ``U_opacity [K, G]``, optional singular values ``S_<group>`` and
+  ``N_total``) and ``mlp_regressor.pt`` (``state_dict`` with ``net.<i>.weight/bias``), read with
+  ``torch.load(weights_only=True)`` only: a file that needs more (pickled code) is refused.
+
+Their MLP takes ``w (512) ++ condition`` and returns ``4 K`` coefficients (group order xyz, scale,
+rotation, opacity); the ``w`` columns of the first layer are folded into a per-identity bias
+(:func:`exporter.agm.model.fold_identity_into_bias`). The condition keeps their 55-value layout
+``exp_0..exp_49, jaw_x, jaw_y, jaw_z, eyelid_l, eyelid_r`` (parameter names stored in the
+``.agm``). Their baked RGB has no view dependence: it is stored as the SH DC term with zero
+degree-1 bands. Every size is checked against the file: a wrong, truncated or inconsistent file
+raises :class:`OfficialFormatError` with a one-line message naming the file and the problem.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+import numpy as np
+import torch
+
+from agora_core import __version__
+from agora_core.heads.flame import EXPRESSION_RANGE
+from agora_core.types.errors import AgoraError
+from agora_core.types.gaussians import Gaussians, rgb_to_sh_dc
+from agora_core.types.io import file_sha256
+from agora_core.types.spec import GROUP_NAMES, GROUPS, condition_tail_specs, parameter_spec
+from exporter.agm.model import AgmBasis, AgmBundle, AgmIdentity, AgmLayer, AgmMLP, fold_identity_into_bias
+from exporter.agm.sparsify import sparsify_bases
+from exporter.agm.write import WriteStats, write_agm
+
+HEADER = struct.Struct("<4I")
+NEUTRAL_FILE = "base_attributes.bin"
+MLP_FILE = "mlp_weights.json"
+CAMERA_FILE = "camera_params.json"
+SVD_FILE = "svd_basis.pt"
+MLP_PT_FILE = "mlp_regressor.pt"
+BASIS_PATTERN = re.compile(r"^pca_basis_K(\d+)\.bin(\.gz)?$")
+IDENTITY_DIR = re.compile(r"^seed_(-?\d+)$")
+NEUTRAL_FLOATS = 16  # 4 RGBA32F texels per Gaussian
+BASIS_HALVES = 12  # 3 RGBA16F texels per Gaussian and basis
+# offsets of each group inside the 12 halves of one Gaussian and basis (the 12th is padding)
+BASIS_SLICES = {"xyz": slice(0, 3), "scale": slice(3, 6), "rotation": slice(6, 10), "opacity": slice(10, 11)}
+NEUTRAL_SLICES = {"means": slice(0, 3), "scales": slice(3, 6), "quats": slice(6, 10), "opacities": slice(10, 11),
+                  "rgb": slice(11, 14)}
+SVD_KEYS = {"xyz": "U_xyz", "scale": "U_scale", "rotation": "U_rotation", "opacity": "U_opacity"}
+MAX_GAUSSIANS = 1 << 24  # sanity bounds checked before anything is allocated from a header
+MAX_RANK = 4096
+MAX_WIDTH = 1 << 16
+MAX_JSON_BYTES = 512 << 20
+DEFAULT_SLOPE = 0.2  # the authors' LeakyReLU
+
+
+class OfficialFormatError(AgoraError):
+    """One of the authors' files is missing, malformed, truncated or inconsistent with the others."""
+
+
+# ============================================================================ small readers
+def _fail(path: Path | str, message: str):
+    raise OfficialFormatError(f"{path}: {message}")
+
+
+def _read_exact(path: Path, expected: int, what: str) -> bytes:
+    """Exactly ``expected`` bytes of the file (a ``.gz`` decompressed, never beyond ``expected + 1``
+    bytes); a shorter file is reported as truncated, a longer one as having trailing data."""
+    if path.suffix != ".gz":
+        size = path.stat().st_size
+        if size != expected:
+            _check_length(path, b"", expected, what, size)
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read(expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        _fail(path, f"not a valid gzip file or a truncated one ({exc})")
+    _check_length(path, data, expected, what)
+    return data
+
+
+def _texture_header(path: Path) -> tuple[int, int, int, int]:
+    """The four u32 of the 16-byte texture header (decompressing only that much of a ``.gz``)."""
+    if not path.is_file():
+        _fail(path, "file not found")
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+            head = f.read(HEADER.size)
+    except (OSError, EOFError, zlib.error) as exc:
+        _fail(path, f"not a valid gzip file ({exc})")
+    if len(head) < HEADER.size:
+        _fail(path, f"truncated: {len(head)} bytes, less than the {HEADER.size}-byte header")
+    return HEADER.unpack(head)
+
+
+def _texture_size(path: Path, what: str, texels: int, width: int, height: int, texel_bytes: int) -> int:
+    """Check ``width x height`` is the tightest texture holding ``texels``; return the file length."""
+    if not 1 <= width <= MAX_WIDTH:
+        _fail(path, f"{what}: texture width {width} is out of range (1..{MAX_WIDTH})")
+    need = -(-texels // width)
+    if height != need:
+        _fail(path, f"{what}: texture height {height} does not fit {texels} texels at width {width} "
+                    f"(expected {need})")
+    return HEADER.size + width * height * texel_bytes
+
+
+def _check_length(path: Path, data: bytes, expected: int, what: str, size: int | None = None) -> None:
+    size = len(data) if size is None else size
+    if size < expected:
+        _fail(path, f"truncated: {what} needs {expected} bytes, the file has {size}")
+    if size > expected:
+        _fail(path, f"{size} bytes, more than the {expected} bytes of {what} (trailing data or a wrong header)")
+
+
+def _finite(path: Path, arr: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.argwhere(~np.isfinite(arr.reshape(arr.shape[0], -1)))[0, 0])
+        _fail(path, f"{what} has a non-finite value (Gaussian or row {bad})")
+
+
+# ============================================================================ neutral Gaussians
+def read_neutral(path: str | Path) -> tuple[Gaussians, np.ndarray]:
+    """``base_attributes.bin`` -> (neutral :class:`Gaussians` with SH DC from the baked RGB, rgb ``[G, 3]``)."""
+    path = Path(path)
+    G, width, height, reserved = _texture_header(path)
+    if not 1 <= G <= MAX_GAUSSIANS:
+        _fail(path, f"header: Gaussian count {G} is out of range (1..{MAX_GAUSSIANS}; is this a neutral texture?)")
+    if reserved != 0:
+        _fail(path, f"header: the 4th value must be 0, got {reserved} (not a neutral-Gaussian texture: "
+                    "a basis texture's header is (K, G, width, height))")
+    expected = _texture_size(path, "neutral texture", 4 * G, width, height, 16)
+    data = _read_exact(path, expected, f"{G} Gaussians as a {width}x{height} RGBA32F texture")
+    values = np.frombuffer(data, "<f4", count=G * NEUTRAL_FLOATS, offset=HEADER.size).reshape(G, NEUTRAL_FLOATS)
+    values = values.astype(np.float32)
+    _finite(path, values[:, :14], "the neutral Gaussians")
+    s = NEUTRAL_SLICES
+    scales, quats, opac, rgb = values[:, s["scales"]], values[:, s["quats"]], values[:, s["opacities"]][:, 0], values[:, s["rgb"]]
+    if np.any(scales <= 0):
+        _fail(path, f"Gaussian {int(np.argwhere(scales <= 0)[0, 0])} has a non-positive scale (expected activated scales)")
+    norms = np.linalg.norm(quats, axis=1)
+    if np.any(norms < 1e-6):
+        _fail(path, f"Gaussian {int(np.argmin(norms))} has a zero quaternion")
+    if np.any((opac < -1e-4) | (opac > 1 + 1e-4)):
+        _fail(path, f"Gaussian {int(np.argwhere((opac < -1e-4) | (opac > 1 + 1e-4))[0, 0])} has an opacity outside "
+                    "[0, 1] (expected activated opacities)")
+    sh = torch.zeros(G, 4, 3)
+    sh[:, 0] = rgb_to_sh_dc(torch.from_numpy(np.clip(rgb, 0.0, 1.0)))
+    neutral = Gaussians(means=torch.from_numpy(values[:, s["means"]].copy()), scales=torch.from_numpy(scales.copy()),
+                        quats=torch.from_numpy(quats.copy()), opacities=torch.from_numpy(np.clip(opac, 0.0, 1.0)),
+                        sh=sh)
+    return neutral, rgb.copy()
+
+
+# ============================================================================ bases
+def read_basis_texture(path: str | Path, gaussian_count: int | None = None) -> dict[str, np.ndarray]:
+    """``pca_basis_K<K>.bin[.gz]`` -> ``{group: float32 [K, G, d]}`` (the fp16 values, exactly)."""
+    path = Path(path)
+    K, G, width, height = _texture_header(path)
+    if not 1 <= K <= MAX_RANK:
+        _fail(path, f"header: basis count K = {K} is out of range (1..{MAX_RANK}; is this a basis texture?)")
+    if not 1 <= G <= MAX_GAUSSIANS:
+        _fail(path, f"header: Gaussian count {G} is out of range (1..{MAX_GAUSSIANS})")
+    m = BASIS_PATTERN.match(path.name)
+    if m and int(m.group(1)) != K:
+        _fail(path, f"header says K = {K} but the file name says K = {m.group(1)}")
+    if gaussian_count is not None and G != gaussian_count:
+        _fail(path, f"size mismatch: the bases cover {G} Gaussians, the neutral avatar has {gaussian_count}")
+    expected = _texture_size(path, "basis texture", 3 * K * G, width, height, 8)
+    data = _read_exact(path, expected, f"K = {K} bases of {G} Gaussians as a {width}x{height} RGBA16F texture")
+    halves = np.frombuffer(data, "<f2", count=K * G * BASIS_HALVES, offset=HEADER.size).reshape(K, G, BASIS_HALVES)
+    out = {g: np.ascontiguousarray(halves[:, :, BASIS_SLICES[g]], dtype=np.float32) for g in GROUP_NAMES}
+    for g, arr in out.items():
+        if not np.all(np.isfinite(arr)):
+            _fail(path, f"the {g} basis has a non-finite value")
+    return out
+
+
+def _torch_load(path: Path) -> dict:
+    if not path.is_file():
+        _fail(path, "file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure of the restricted loader is a refusal
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            _fail(path, "needs more than tensors and plain containers to load (it would run pickled code), "
+                        f"refused; re-save it with plain tensors ({first[:120]})")
+        _fail(path, f"not a readable PyTorch file ({first[:160]})")
+    if not isinstance(obj, dict):
+        _fail(path, f"expected a dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def _int_value(path: Path, obj: dict, key: str) -> int | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        _fail(path, f"'{key}' must be an integer, got {type(v).__name__}")
+    return int(v)
+
+
+def read_svd_basis(path: str | Path, gaussian_count: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """``svd_basis.pt`` -> (``{group: float32 [K, G, d]}``, coefficient RMS per group or None).
+
+    The coefficient RMS is ``S_k / sqrt(N_total)`` when the singular values and ``N_total`` are stored.
+    """
+    path = Path(path)
+    obj = _torch_load(path)
+    missing = [k for k in SVD_KEYS.values() if k not in obj]
+    if missing:
+        _fail(path, f"missing the key(s) {', '.join(missing)} (expected U_xyz, U_scale, U_rotation, U_opacity)")
+    G = _int_value(path, obj, "G")
+    K = _int_value(path, obj, "K")
+    bases = {}
+    for g, d, _ in GROUPS:
+        U = obj[SVD_KEYS[g]]
+        if not isinstance(U, torch.Tensor) or U.dim() != 2:
+            _fail(path, f"'{SVD_KEYS[g]}' must be a 2-D tensor [K, G*{d}]")
+        k, n = U.shape
+        if n % d:
+            _fail(path, f"'{SVD_KEYS[g]}' has {n} columns, not a multiple of {d}")
+        if G is None:
+            G = n // d
+        if n != G * d:
+            _fail(path, f"size mismatch: '{SVD_KEYS[g]}' has {n} columns, expected G x {d} = {G * d}")
+        if K is not None and k < K:
+            _fail(path, f"size mismatch: '{SVD_KEYS[g]}' has {k} rows, 'K' says {K}")
+        bases[g] = U[: K or k].detach().float().numpy().reshape(-1, G, d).copy()
+        if not np.all(np.isfinite(bases[g])):
+            _fail(path, f"'{SVD_KEYS[g]}' has a non-finite value")
+    ranks = {bases[g].shape[0] for g in GROUP_NAMES}
+    if len(ranks) != 1:
+        _fail(path, f"the four bases have different ranks {sorted(ranks)}")
+    if gaussian_count is not None and G != gaussian_count:
+        _fail(path, f"size mismatch: the bases cover {G} Gaussians, the neutral avatar has {gaussian_count}")
+    rms = None
+    n_total = _int_value(path, obj, "N_total")
+    if n_total and all(isinstance(obj.get(f"S_{g}"), torch.Tensor) for g in GROUP_NAMES):
+        rms = {}
+        for g in GROUP_NAMES:
+            S = obj[f"S_{g}"].detach().float().reshape(-1).numpy()
+            if S.shape[0] < bases[g].shape[0]:
+                _fail(path, f"'S_{g}' has {S.shape[0]} values, fewer than the {bases[g].shape[0]} bases")
+            rms[g] = (S[: bases[g].shape[0]] / math.sqrt(n_total)).astype(np.float32)
+    return bases, rms
+
+
+# ============================================================================ MLP
+@dataclass
+class OfficialMLP:
+    """The authors' coefficient MLP on ``w ++ condition``: ``(weight [out, in], bias [out])`` per layer."""
+
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    negative_slope: float = DEFAULT_SLOPE
+
+    @property
+    def out_features(self) -> int:
+        return int(self.layers[-1][0].shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.layers[0][0].shape[1])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        h = np.asarray(x, np.float64)
+        for j, (W, b) in enumerate(self.layers):
+            h = W.astype(np.float64) @ h + b
+            if j < len(self.layers) - 1:
+                h = np.where(h >= 0, h, self.negative_slope * h)
+        return h
+
+
+def _matrix(path: Path, value, shape: tuple[int, ...], what: str, dtype=np.float32) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        _fail(path, f"{what} is not a numeric array")
+    if arr.shape != shape:
+        _fail(path, f"size mismatch: {what} has shape {list(arr.shape)}, expected {list(shape)}")
+    if not np.all(np.isfinite(arr)):
+        _fail(path, f"{what} has a non-finite value")
+    return arr.astype(dtype)
+
+
+def _check_chain(path: Path, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    if not layers:
+        _fail(path, "the MLP has no layers")
+    for j in range(1, len(layers)):
+        if layers[j][0].shape[1] != layers[j - 1][0].shape[0]:
+            _fail(path, f"size mismatch: layer {j} takes {layers[j][0].shape[1]} inputs but layer {j - 1} "
+                        f"has {layers[j - 1][0].shape[0]} outputs")
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        _fail(path, "file not found")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        _fail(path, f"larger than {MAX_JSON_BYTES >> 20} MB: not an MLP/camera JSON")
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"),
+                         parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not valid JSON")))
+    except (UnicodeDecodeError, ValueError) as exc:
+        _fail(path, f"not valid JSON ({str(exc).splitlines()[0][:120]})")
+    if not isinstance(obj, dict):
+        _fail(path, "expected a JSON object")
+    return obj
+
+
+def read_mlp_json(path: str | Path) -> tuple[OfficialMLP, np.ndarray, int | None]:
+    """``mlp_weights.json`` -> (MLP, ``w_code`` float32 ``[Dw]``, the declared ``K`` or None)."""
+    path = Path(path)
+    obj = _load_json(path)
+    for key in ("w_code", "layers"):
+        if key not in obj:
+            _fail(path, f"missing the key '{key}' (expected w_code, layers and K)")
+    if not isinstance(obj["w_code"], list) or not obj["w_code"]:
+        _fail(path, "'w_code' must be a non-empty list of numbers")
+    w = _matrix(path, obj["w_code"], (len(obj["w_code"]),), "w_code")
+    if not isinstance(obj["layers"], list):
+        _fail(path, "'layers' must be a list")
+    layers = []
+    for j, layer in enumerate(obj["layers"]):
+        if not isinstance(layer, dict) or not {"weight", "bias"} <= set(layer):
+            _fail(path, f"layers[{j}] must be an object with 'weight' and 'bias'")
+        w_rows = layer["weight"]
+        n_out = layer.get("out", len(w_rows) if isinstance(w_rows, list) else -1)
+        n_in = layer.get("in", len(w_rows[0]) if isinstance(w_rows, list) and w_rows and isinstance(w_rows[0], list) else -1)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n_out, n_in)):
+            _fail(path, f"layers[{j}]: 'in'/'out' must be positive integers")
+        layers.append((_matrix(path, w_rows, (n_out, n_in), f"layers[{j}].weight"),
+                       _matrix(path, layer["bias"], (n_out,), f"layers[{j}].bias")))
+    _check_chain(path, layers)
+    act = obj.get("activation", "leaky_relu")
+    if act != "leaky_relu":
+        _fail(path, f"unsupported activation {act!r} (the authors' MLP uses leaky_relu)")
+    slope = obj.get("alpha", DEFAULT_SLOPE)
+    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not math.isfinite(slope):
+        _fail(path, "'alpha' must be a number")
+    K = obj.get("K")
+    if K is not None and (isinstance(K, bool) or not isinstance(K, int) or K < 1):
+        _fail(path, f"'K' must be a positive integer, got {K!r}")
+    if layers[0][0].shape[1] <= w.shape[0]:
+        _fail(path, f"size mismatch: the first layer takes {layers[0][0].shape[1]} inputs, not more than "
+                    f"the {w.shape[0]}-value w_code")
+    return OfficialMLP(layers, float(slope)), w, K
+
+
+def read_mlp_pt(path: str | Path) -> OfficialMLP:
+    """``mlp_regressor.pt`` (``state_dict`` of ``net.<i>.weight/bias`` Linear layers) -> MLP."""
+    path = Path(path)
+    obj = _torch_load(path)
+    sd = obj.get("state_dict", obj)
+    if not isinstance(sd, dict):
+        _fail(path, "'state_dict' must be a dict of tensors")
+    index = sorted({int(m.group(1)) for k in sd if (m := re.match(r"^(?:net\.)?(\d+)\.weight$", str(k)))})
+    if not index:
+        _fail(path, "no 'net.<i>.weight' tensors: not the authors' coefficient MLP")
+    prefix = "net." if f"net.{index[0]}.weight" in sd else ""
+    layers = []
+    for i in index:
+        W, b = sd.get(f"{prefix}{i}.weight"), sd.get(f"{prefix}{i}.bias")
+        if not isinstance(W, torch.Tensor) or W.dim() != 2 or not isinstance(b, torch.Tensor):
+            _fail(path, f"'{prefix}{i}.weight'/'{prefix}{i}.bias' must be a 2-D weight and its bias")
+        W = W.detach().float().numpy().copy()
+        bias = _matrix(path, b.detach().float().numpy(), (W.shape[0],), f"{prefix}{i}.bias")
+        if not np.all(np.isfinite(W)):
+            _fail(path, f"'{prefix}{i}.weight' has a non-finite value")
+        layers.append((W, bias))
+    _check_chain(path, layers)
+    for key, got in (("in_dim", layers[0][0].shape[1]), ("out_dim", layers[-1][0].shape[0])):
+        want = _int_value(path, obj, key)
+        if want is not None and want != got:
+            _fail(path, f"size mismatch: '{key}' says {want}, the weights have {got}")
+    return OfficialMLP(layers, DEFAULT_SLOPE)
+
+
+# ============================================================================ camera
+def read_camera(path: str | Path) -> dict:
+    """``camera_params.json`` -> the ``.agm`` camera ``{position, target, up, fov_y_deg}``.
+
+    ``rotation`` is camera-to-world with OpenCV axes (x right, y down, z forward): the view
+    direction is its third column, "up" minus its second. The target is the point on the view ray
+    nearest to ``centroid`` (or 1 m ahead without it); ``fov_y = 2 atan(height / (2 fy))``.
+    """
+    path = Path(path)
+    obj = _load_json(path)
+    for key in ("position", "rotation", "fy", "height"):
+        if key not in obj:
+            _fail(path, f"missing the key '{key}'")
+    pos = _matrix(path, obj["position"], (3,), "position", np.float64)
+    R = _matrix(path, obj["rotation"], (3, 3), "rotation", np.float64)
+    if np.abs(R @ R.T - np.eye(3)).max() > 1e-3 or np.linalg.det(R) < 0.5:
+        _fail(path, "'rotation' is not a rotation matrix")
+    fy, height = obj["fy"], obj["height"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (fy, height)):
+        _fail(path, "'fy' and 'height' must be positive numbers")
+    forward, up = R[:, 2], -R[:, 1]
+    dist = 1.0
+    if "centroid" in obj:
+        centroid = _matrix(path, obj["centroid"], (3,), "centroid", np.float64)
+        dist = float(np.dot(centroid - pos, forward)) if float(np.dot(centroid - pos, forward)) > 1e-3 else 1.0
+    target = pos + dist * forward
+    return {"position": [float(x) for x in pos], "target": [float(x) for x in target], "up": [float(x) for x in up],
+            "fov_y_deg": float(math.degrees(2 * math.atan(height / (2 * fy))))}
+
+
+# ============================================================================ the release as a whole
+def flame_parameter_specs(expression_count: int) -> list[dict]:
+    """The ``.agm`` parameters of the authors' condition: ``exp_0..exp_{E-1}``, jaw (3), eyelids (2)."""
+    return [parameter_spec(f"exp_{i}", "expression", *EXPRESSION_RANGE) for i in range(expression_count)] \
+        + condition_tail_specs()
+
+
+@dataclass
+class OfficialIdentity:
+    name: str
+    seed: int | None
+    folder: Path
+    neutral: Gaussians
+    w_code: np.ndarray
+    mlp: OfficialMLP
+    declared_k: int | None
+    camera: dict | None
+
+
+@dataclass
+class OfficialRelease:
+    """Everything read from a release folder, before the conversion."""
+
+    root: Path
+    identities: list[OfficialIdentity]
+    bases: dict[str, np.ndarray]  # float32 [K, G, d]
+    basis_source: Path
+    mlp: OfficialMLP  # shared weights (from mlp_regressor.pt, else the first identity's JSON)
+    mlp_source: Path
+    coefficient_rms: dict[str, np.ndarray] | None = None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def gaussian_count(self) -> int:
+        return self.identities[0].neutral.count
+
+    @property
+    def rank(self) -> int:
+        return int(self.bases["xyz"].shape[0])
+
+
+def _identity_folders(root: Path) -> list[tuple[str, int | None, Path]]:
+    if (root / NEUTRAL_FILE).is_file() or (root / (NEUTRAL_FILE + ".gz")).is_file():
+        return [(root.name or "identity", None, root)]
+    found = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        m = IDENTITY_DIR.match(sub.name)
+        if m and ((sub / NEUTRAL_FILE).is_file() or (sub / (NEUTRAL_FILE + ".gz")).is_file()):
+            found.append((f"seed {int(m.group(1))}", int(m.group(1)), sub))
+    return sorted(found, key=lambda t: t[1])
+
+
+def _existing(folder: Path, name: str) -> Path | None:
+    for cand in (folder / name, folder / (name + ".gz")):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def basis_files(root: Path) -> dict[int, Path]:
+    """``{K: path}`` of the ``pca_basis_K<K>.bin[.gz]`` files in ``root`` (plain preferred over .gz)."""
+    out: dict[int, Path] = {}
+    for p in sorted(root.iterdir()):
+        m = BASIS_PATTERN.match(p.name)
+        if m and p.is_file() and (int(m.group(1)) not in out or not m.group(2)):
+            out[int(m.group(1))] = p
+    return out
+
+
+def read_release(root: str | Path, *, rank: int | None = None, svd: str | Path | None = None,
+                 mlp_pt: str | Path | None = None) -> OfficialRelease:
+    """Read a release folder (layout in the module docstring and ``docs/interop.md``).
+
+    Bases come from ``svd`` / ``DIR/svd_basis.pt`` when present (float32), else from the basis
+    texture with the smallest ``K >= rank`` (the largest without ``rank``); MLP weights from
+    ``mlp_pt`` / ``DIR/mlp_regressor.pt`` when present, else from the identity's JSON (which must
+    then agree between identities).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise OfficialFormatError(f"{root}: not a folder (expected the authors' web export folder)")
+    folders = _identity_folders(root)
+    if not folders:
+        pts = [p.name for p in (root / SVD_FILE, root / MLP_PT_FILE) if p.is_file()]
+        extra = (f" ({' and '.join(pts)} hold the bases and the MLP only, not the neutral avatar)" if pts else "")
+        raise OfficialFormatError(f"{root}: no {NEUTRAL_FILE} in the folder or in seed_<N>/ sub-folders: the neutral "
+                                  f"Gaussians are missing{extra}")
+    files: list[Path] = []
+    identities = []
+    for name, seed, folder in folders:
+        npath = _existing(folder, NEUTRAL_FILE)
+        neutral, _ = read_neutral(npath)
+        jpath = folder / MLP_FILE
+        mlp, w, declared = read_mlp_json(jpath)
+        cpath = folder / CAMERA_FILE
+        camera = read_camera(cpath) if cpath.is_file() else None
+        files += [npath, jpath] + ([cpath] if camera else [])
+        if identities and neutral.count != identities[0].neutral.count:
+            raise OfficialFormatError(f"{npath}: size mismatch: {neutral.count} Gaussians, the first identity "
+                                      f"({identities[0].folder}) has {identities[0].neutral.count}")
+        identities.append(OfficialIdentity(name, seed, folder, neutral, w, mlp, declared, camera))
+    G = identities[0].neutral.count
+
+    svd_path = Path(svd) if svd is not None else (root / SVD_FILE if (root / SVD_FILE).is_file() else None)
+    rms = None
+    if svd_path is not None:
+        bases, rms = read_svd_basis(svd_path, G)
+        basis_source = svd_path
+    else:
+        table = basis_files(root)
+        if not table:
+            raise OfficialFormatError(f"{root}: no bases: neither pca_basis_K<K>.bin[.gz] nor {SVD_FILE}")
+        usable = sorted(k for k in table if rank is None or k >= rank)
+        if not usable:
+            raise OfficialFormatError(f"{root}: --rank {rank} is larger than every basis file (K = "
+                                      f"{', '.join(map(str, sorted(table)))})")
+        basis_source = table[usable[-1] if rank is None else usable[0]]
+        bases = read_basis_texture(basis_source, G)
+    if rank is not None:
+        if rank > bases["xyz"].shape[0]:
+            raise OfficialFormatError(f"{basis_source}: --rank {rank} is larger than the {bases['xyz'].shape[0]} "
+                                      "bases it holds")
+        bases = {g: np.ascontiguousarray(v[:rank]) for g, v in bases.items()}
+        rms = None if rms is None else {g: v[:rank] for g, v in rms.items()}
+    files.append(basis_source)
+
+    mlp_path = Path(mlp_pt) if mlp_pt is not None else (root / MLP_PT_FILE if (root / MLP_PT_FILE).is_file() else None)
+    if mlp_path is not None:
+        shared, mlp_source = read_mlp_pt(mlp_path), mlp_path
+        files.append(mlp_path)
+    else:
+        shared, mlp_source = identities[0].mlp, identities[0].folder / MLP_FILE
+    for ident in identities:
+        jpath = ident.folder / MLP_FILE
+        shapes = [W.shape for W, _ in ident.mlp.layers]
+        if shapes != [W.shape for W, _ in shared.layers]:
+            raise OfficialFormatError(f"{jpath}: size mismatch: its layers {shapes} differ from {mlp_source}'s")
+        if mlp_path is None and any(not np.array_equal(a[0], b[0]) or not np.array_equal(a[1], b[1])
+                                    for a, b in zip(ident.mlp.layers, shared.layers)):
+            raise OfficialFormatError(f"{jpath}: its MLP weights differ from {mlp_source}'s (the identities of one "
+                                      "bundle share one MLP; import them separately)")
+        if shared.in_features <= ident.w_code.shape[0]:
+            raise OfficialFormatError(f"{jpath}: size mismatch: the MLP takes {shared.in_features} inputs, not more "
+                                      f"than the {ident.w_code.shape[0]}-value w_code")
+        if shared.in_features - ident.w_code.shape[0] < 5:
+            raise OfficialFormatError(f"{jpath}: size mismatch: the MLP takes {shared.in_features} inputs = w_code "
+                                      f"{ident.w_code.shape[0]} + {shared.in_features - ident.w_code.shape[0]} "
+                                      "condition values, fewer than jaw (3) + eyelids (2)")
+    out = shared.out_features
+    if out % 4:
+        raise OfficialFormatError(f"{mlp_source}: size mismatch: the MLP has {out} outputs, not 4 x K")
+    k_mlp = out // 4
+    for ident in identities:
+        if ident.declared_k is not None and ident.declared_k != k_mlp:
+            raise OfficialFormatError(f"{ident.folder / MLP_FILE}: size mismatch: 'K' is {ident.declared_k} but the "
+                                      f"last layer has {out} = 4 x {k_mlp} outputs")
+    if bases["xyz"].shape[0] > k_mlp:
+        raise OfficialFormatError(f"{basis_source}: size mismatch: {bases['xyz'].shape[0]} bases but the MLP gives "
+                                  f"only {k_mlp} coefficients per group")
+    return OfficialRelease(root, identities, bases, basis_source, shared, mlp_source, rms, files)
+
+
+def release_to_bundle(release: OfficialRelease) -> AgmBundle:
+    """The unquantised, dense ``.agm`` bundle of a release.
+
+    Layer 0 drops its ``w`` columns into each identity's ``mlp_bias0``; the last layer keeps, per
+    group, the rows of the first ``K`` coefficients (the bases may be a truncation of the MLP's).
+    """
+    K = release.rank
+    k_mlp = release.mlp.out_features // 4
+    rows = np.concatenate([np.arange(i * k_mlp, i * k_mlp + K) for i in range(4)])
+    layers_np = [(W.copy(), b.copy()) for W, b in release.mlp.layers]
+    W_last, b_last = layers_np[-1]
+    layers_np[-1] = (np.ascontiguousarray(W_last[rows]), np.ascontiguousarray(b_last[rows]))
+    W0, b0 = layers_np[0]
+    identities = []
+    weight0 = None
+    for ident in release.identities:
+        weight0, bias0 = fold_identity_into_bias(W0, b0, ident.w_code)
+        identities.append(AgmIdentity(ident.name, ident.seed, ident.neutral, bias0))
+    P = weight0.shape[1]
+    slope = float(release.mlp.negative_slope)
+    n = len(layers_np)
+    mlp_layers = [AgmLayer(weight0, None, "leaky_relu" if n > 1 else "none", slope if n > 1 else 0.0)]
+    for j in range(1, n):
+        act = "leaky_relu" if j < n - 1 else "none"
+        mlp_layers.append(AgmLayer(layers_np[j][0], layers_np[j][1], act, slope if act == "leaky_relu" else 0.0))
+    bases = {g: AgmBasis(g, d, np.ascontiguousarray(release.bases[g], np.float32)) for g, d, _ in GROUPS}
+    camera = release.identities[0].camera or {}
+    provenance = {
+        "tool": f"agora {__version__}", "source": "authors' AGORA-M release (agora-export import-official)",
+        "bases_from": release.basis_source.name, "mlp_from": release.mlp_source.name,
+        "mlp_rank": k_mlp, "rank": K, "w_dim": int(release.identities[0].w_code.shape[0]),
+        "files": {str(p.relative_to(release.root)) if p.is_relative_to(release.root) else str(p): file_sha256(p)
+                  for p in release.files},
+        "colour": "baked RGB stored as SH DC (no view dependence)",
+    }
+    return AgmBundle(gaussian_count=release.gaussian_count, identities=identities, bases=bases,
+                     mlp=AgmMLP(mlp_layers), parameters=flame_parameter_specs(P - 5), camera=camera,
+                     provenance=provenance)
+
+
+def coefficient_rms_from_mlp(bundle: AgmBundle, samples: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
+    """Typical coefficient magnitudes when the release has no singular values: the RMS of the MLP's
+    output (every identity) over conditions drawn uniformly from the parameters' slider ranges."""
+    rng = np.random.default_rng(seed)
+    lo = np.array([p["min"] for p in bundle.parameters], np.float32)
+    hi = np.array([p["max"] for p in bundle.parameters], np.float32)
+    acc = {g: np.zeros(bundle.bases[g].rank, np.float64) for g in GROUP_NAMES}
+    count = 0
+    for i in range(len(bundle.identities)):
+        for _ in range(samples):
+            c = bundle.coefficients(lo + (hi - lo) * rng.random(len(lo), dtype=np.float32), identity=i)
+            for g in GROUP_NAMES:
+                acc[g] += np.square(c[g].astype(np.float64))
+            count += 1
+    return {g: np.sqrt(acc[g] / max(count, 1)).astype(np.float32) for g in GROUP_NAMES}
+
+
+@dataclass
+class ImportReport:
+    stats: WriteStats
+    release: OfficialRelease
+    kept: dict[str, float] | None
+    rms_source: str | None
+
+
+def import_official(root: str | Path, out: str | Path, *, quant: str = "int8", sparse: bool = True,
+                    sparse_tolerance: float = 1.0, rank: int | None = None, svd: str | Path | None = None,
+                    mlp_pt: str | Path | None = None) -> ImportReport:
+    """Read a release folder and write it as an ``.agm`` (atomically), with this project's
+    quantisation (``int8``/``fp16``) and visibility-tolerance sparsity (:func:`exporter.agm.sparsify.sparsify_bases`)."""
+    release = read_release(root, rank=rank, svd=svd, mlp_pt=mlp_pt)
+    bundle = release_to_bundle(release)
+    kept, rms_source = None, None
+    if sparse:
+        rms = release.coefficient_rms
+        rms_source = f"singular values in {release.basis_source.name}" if rms is not None else \
+            "MLP output over the parameters' slider ranges"
+        if rms is None:
+            rms = coefficient_rms_from_mlp(bundle)
+        full = {g: bundle.bases[g].values for g in GROUP_NAMES}
+        kept = sparsify_bases(bundle, full, rms, sparse_tolerance)
+        bundle.provenance["sparse_rms_from"] = rms_source
+    stats = write_agm(bundle, out, quant=quant)
+    return ImportReport(stats, release, kept, rms_source)
+
+
+__all__ = ["OfficialFormatError", "OfficialMLP", "OfficialRelease", "read_neutral", "read_basis_texture",
+           "read_svd_basis", "read_mlp_json", "read_mlp_pt", "read_camera", "read_release", "release_to_bundle",
+           "import_official", "flame_parameter_specs", "basis_files", "coefficient_rms_from_mlp"]

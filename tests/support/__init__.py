@@ -1,0 +1,1 @@
+"""Test helpers: headless-browser fixtures, fake FLAME files, the demo driving-sequence maker."""

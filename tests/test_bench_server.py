@@ -94,14 +94,14 @@ def written(folder: Path) -> list[Path]:
 # ============================================================================ page, ORT files, baseline
 def test_bench_page_is_isolated_and_may_compile_wasm(client):
     r = client.get("/bench")
-    assert r.status_code == 200 and b'src="static/js/bench.js"' in r.data
+    assert r.status_code == 200 and b'src="static/js/bench/bench.js"' in r.data
     csp = r.headers["Content-Security-Policy"]
     assert "script-src 'self' 'wasm-unsafe-eval'" in csp and "default-src 'self'" in csp and "connect-src 'self'" in csp
     assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
     assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
     # the viewer itself keeps its stricter policy
     assert "wasm-unsafe-eval" not in client.get("/").headers["Content-Security-Policy"]
-    assert client.get("/static/js/bench.js").status_code == 200
+    assert client.get("/static/js/bench/bench.js").status_code == 200
 
 
 @pytest.mark.skipif(not (DEFAULT_ORT_DIR / "ort.wasm.bundle.min.mjs").is_file(), reason="needs `npm ci`")

@@ -1,5 +1,5 @@
 """Driving sequences in the viewer (headless Chromium): every format parsed in the browser
-(``static/js/sequences.js``: VHAP/SMIRK .npz through its own zip + .npy reader, ARKit CSV/JSON, the
+(``static/js/format/sequences.js``: VHAP/SMIRK .npz through its own zip + .npy reader, ARKit CSV/JSON, the
 authors' JSON), dropped on the page, must drive the bundle exactly like the Python reader
 (``exporter.interop.sequences``), and a layout that does not fit the bundle must be refused with the same
 message as ``agora-export sequence``.

@@ -320,7 +320,7 @@ def test_js_reader_messages_match_the_python_reader(viewer, site):
         expected[name] = str(exc.value)
     assert viewer.open() == "ready"
     got = viewer.js("""async (cases) => {
-        const { readAgm } = await import('./static/js/agm.js');
+        const { readAgm } = await import('./static/js/format/agm.js');
         const out = {};
         for (const [name, b64] of Object.entries(cases)) {
             const bin = atob(b64);

@@ -64,9 +64,9 @@ def test_index_static_files_and_bundle_list(client, bundle_path):
     r = client.get("/")
     assert r.status_code == 200 and b'<canvas id="canvas"' in r.data
     assert r.headers["Content-Type"].startswith("text/html")
-    js = client.get("/static/js/main.js")
+    js = client.get("/static/js/viewer/main.js")
     assert js.status_code == 200 and js.headers["Content-Type"].startswith("text/javascript")
-    assert client.get("/static/js/sort-worker.js").status_code == 200
+    assert client.get("/static/js/gpu/sort-worker.js").status_code == 200
     glsl = client.get("/static/shaders/splat.vert.glsl")
     assert glsl.status_code == 200 and b"#version 300 es" in glsl.data
     assert client.get("/static/sequences/demo.json").headers["Content-Type"].startswith("application/json")
@@ -84,7 +84,7 @@ def test_index_static_files_and_bundle_list(client, bundle_path):
 def test_security_headers_and_no_debug(client, bundle_path):
     app = create_app([bundle_path])
     assert app.debug is False
-    for path in ("/", "/static/js/main.js", "/bundles/avatar.agm", "/bundles", "/nope"):
+    for path in ("/", "/static/js/viewer/main.js", "/bundles/avatar.agm", "/bundles", "/nope"):
         h = client.get(path).headers
         assert "default-src 'self'" in h["Content-Security-Policy"] and "connect-src 'self'" in h["Content-Security-Policy"]
         assert h["X-Content-Type-Options"] == "nosniff"
@@ -160,7 +160,7 @@ def test_etag_and_conditional_requests(client, bundle_path):
     r2 = client.get("/bundles/avatar.agm", headers={"If-None-Match": etag})
     assert r2.status_code == 304 and r2.data == b""
     assert client.get("/bundles/avatar.agm", headers={"If-None-Match": '"other"'}).status_code == 200
-    assert client.get("/static/js/main.js").headers.get("ETag")
+    assert client.get("/static/js/viewer/main.js").headers.get("ETag")
 
 
 def test_range_requests(live, bundle_path):

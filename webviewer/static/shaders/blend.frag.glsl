@@ -1,4 +1,5 @@
 #version 300 es
+#include "common.glsl"
 // The blend pass: one fragment per Gaussian (GAUSS_TW per row). For each group g:
 //   A_g = neutral_g + sum_k c_g[k] U_g[k, slot]   (Gaussians without a slot keep the neutral value)
 // then the constraints (scale floor, unit quaternion, opacity clamp).
@@ -8,8 +9,6 @@
 // shared by the group's components (no local arrays: dynamic indexing of those, or of a uniform
 // block, measured 2-3x slower under SwiftShader); each texel adds 16 (8) products with 4 (2) dot products. The
 // animated Gaussians go to three RGBA32UI targets as float bits.
-precision highp float;
-precision highp int;
 precision highp sampler2D;
 precision highp isampler2D;
 precision highp usampler2D;
@@ -36,8 +35,6 @@ uniform float uOpacityMax;
 layout(location = 0) out uvec4 oMeanOpacity;
 layout(location = 1) out uvec4 oScale;
 layout(location = 2) out uvec4 oQuat;
-
-ivec2 at(int i, int w) { return ivec2(i % w, i / w); }
 
 vec4 coeff(int texel) { return uintBitsToFloat(texelFetch(uCoeffs, at(texel, VEC_TW), 0)); }
 
@@ -109,7 +106,7 @@ void main() {
   if (slot.z >= 0) quat += blendGroup(uBasisRotation, slot.z, 4, uTexelsPerComp.z, uStart.z);
   if (slot.w >= 0) opacity += blendGroup(uBasisOpacity, slot.w, 1, uTexelsPerComp.w, uStart.w).x;
   scale = max(scale, vec3(uScaleMin));
-  quat = quat / max(length(quat), 1e-30);
+  quat = quat / max(length(quat), QUAT_NORM_EPS);
   opacity = clamp(opacity, uOpacityMin, uOpacityMax);
   oMeanOpacity = floatBitsToUint(vec4(mean, opacity));
   oScale = floatBitsToUint(vec4(scale, 0.0));

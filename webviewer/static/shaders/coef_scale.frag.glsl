@@ -1,8 +1,7 @@
 #version 300 es
+#include "common.glsl"
 // int8 bundles: the coefficients the blend pass uses, c_k * scale_k (the per-basis int8 scales
 // folded in once per animation instead of once per Gaussian). One fragment per 4 coefficients.
-precision highp float;
-precision highp int;
 precision highp sampler2D;
 precision highp usampler2D;
 
@@ -11,8 +10,6 @@ uniform sampler2D uScales;   // RGBA32F per-basis scales, same layout
 uniform int uTexels;
 
 out uvec4 oValue;
-
-ivec2 at(int i, int w) { return ivec2(i % w, i / w); }
 
 void main() {
   int t = int(gl_FragCoord.y) * VEC_TW + int(gl_FragCoord.x);

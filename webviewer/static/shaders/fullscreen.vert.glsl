@@ -1,4 +1,5 @@
 #version 300 es
+#include "common.glsl"
 // One triangle covering the viewport: the "compute" passes (MLP layers, blend) run one fragment
 // per output texel.
 void main() {

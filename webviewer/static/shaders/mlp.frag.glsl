@@ -1,11 +1,10 @@
 #version 300 es
+#include "common.glsl"
 // One layer of the coefficient MLP, y = act(W x + b): each fragment computes 4 consecutive outputs.
 // Vectors live in RGBA32UI textures as float bits (4 values per texel, VEC_TW texels per row), so
 // no float colour buffer is needed. Layer 0's bias is the identity's mlp_bias0 (latent folded in).
 // The last layer writes each blend group from a multiple of 4 (uRemap), so the blend pass reads 4
 // coefficients of one group per texel fetch.
-precision highp float;
-precision highp int;
 precision highp sampler2D;
 precision highp usampler2D;
 
@@ -22,8 +21,6 @@ uniform ivec4 uRank;         // group ranks K_xyz, K_scale, K_rotation, K_opacit
 uniform ivec4 uDst;          // padded start of each group
 
 out uvec4 oValue;
-
-ivec2 at(int i, int w) { return ivec2(i % w, i / w); }
 
 // Row of W (and b) that feeds output slot q, or -1 for padding.
 int sourceRow(int q) {

@@ -1,11 +1,10 @@
 #version 300 es
+#include "common.glsl"
 // The splat pass, vertex stage: one screen-space quad per Gaussian, in the order the sorter gave
 // (back to front). Same conventions as agora_core/rasterizer.py: OpenCV pinhole camera, EWA
 // covariance with the Jacobian clipped to a frustum 1.3x the image, a 0.3 px^2 dilation with the
 // opacity compensation sqrt(det / det_dilated), SH degree 1 colour from the live camera + 0.5,
 // clamped at 0. The quad spans the alpha >= 1/255 ellipse (plus a pixel) along its axes.
-precision highp float;
-precision highp int;
 precision highp sampler2D;
 precision highp usampler2D;
 
@@ -30,11 +29,6 @@ flat out float vOpacity;
 flat out vec3 vConic;
 flat out vec2 vMean;
 
-const float SH_C0 = 0.28209479177387814;
-const float SH_C1 = 0.4886025119029199;
-const float ALPHA_MIN = 1.0 / 255.0;
-
-ivec2 at(int i, int w) { return ivec2(i % w, i / w); }
 
 void cull() {
   gl_Position = vec4(0.0, 0.0, 2.0, 1.0);  // outside the clip volume
@@ -45,7 +39,7 @@ void cull() {
 }
 
 mat3 quatToMat(vec4 q) {
-  q = q / max(length(q), 1e-12);
+  q = q / max(length(q), QUAT_NORM_EPS);
   float w = q.x, x = q.y, y = q.z, z = q.w;
   // columns
   return mat3(

@@ -5,17 +5,25 @@
 // targets (floatBitsToUint) or the RGBA8 canvas; no float colour buffers, no float blending.
 
 const shaderCache = new Map();
+const INCLUDE = /^#include "([\w.-]+)"[ \t]*$/m;
 
-/** Fetch a shader source from static/shaders (cached). */
+/** A shader source from static/shaders (cached), its `#include "file"` lines replaced by those files
+ * (every shader includes common.glsl: precision, the texel index helper `at`, shared constants). */
 export async function loadShader(name) {
   if (!shaderCache.has(name)) {
-    const url = new URL(`../shaders/${name}`, import.meta.url);
+    const url = new URL(`../../shaders/${name}`, import.meta.url);
     shaderCache.set(name, fetch(url).then((r) => {
       if (!r.ok) throw new Error(`could not load shader ${name} (HTTP ${r.status})`);
       return r.text();
-    }));
+    }).then(withIncludes));
   }
   return shaderCache.get(name);
+}
+
+async function withIncludes(source) {
+  const parts = source.split(INCLUDE); // text, file, text, file, ..., text
+  for (let i = 1; i < parts.length; i += 2) parts[i] = await loadShader(parts[i]);
+  return parts.join("");
 }
 
 /** Insert `#define`s after the #version line of a shader source. */

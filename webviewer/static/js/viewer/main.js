@@ -7,7 +7,7 @@
 // sortbits (16..32), autoplay (1).
 
 import { Player, parseSequence } from "./playback.js";
-import { isSequenceFile, readSequenceFile } from "./sequences.js";
+import { isSequenceFile, readSequenceFile } from "../format/sequences.js";
 import { attachControls } from "./controls.js";
 import { ViewerUI } from "./ui.js";
 import { Viewer } from "./viewer.js";

@@ -6,12 +6,12 @@
 // splat pass. An idle avatar costs at most one splat pass per frame - none at all while nothing
 // (camera, parameters, order, size) changes, since the browser keeps showing the last frame.
 
-import { readAgm } from "./agm.js";
+import { readAgm } from "../format/agm.js";
 import { OrbitCamera, cameraForBundle } from "./camera.js";
-import { Generator, loadGeneratorSources } from "./generator.js";
-import { SplatRenderer, loadSplatProgram } from "./renderer.js";
-import { Sorter } from "./sorter.js";
-import { SplatData } from "./splat-data.js";
+import { Generator, loadGeneratorSources } from "../gpu/generator.js";
+import { SplatRenderer, loadSplatProgram } from "../gpu/renderer.js";
+import { Sorter } from "../gpu/sorter.js";
+import { SplatData } from "../gpu/splat-data.js";
 
 export class Viewer {
   constructor(canvas, { drawPath = "indexed", background = [0.11, 0.11, 0.13], maxPixelRatio = 2, sortBits = 16,

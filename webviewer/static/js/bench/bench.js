@@ -14,8 +14,8 @@
 // URL parameters: frames, warmup, size (WxH drawing buffer; default the canvas's size), ep (wasm |
 // webgpu | webgl), threads, bundle, sequence, draw, autorun (1: run at load).
 
-import { parseSequence } from "./playback.js";
-import { Viewer } from "./viewer.js";
+import { parseSequence } from "../viewer/playback.js";
+import { Viewer } from "../viewer/viewer.js";
 import { OrtBaseline, defaultThreads } from "./ort-baseline.js";
 import {
   SCHEMA_ID, TABLE_HEADERS, describeDevice, drivingFrames, modeResult, positionAgreement, ratios, tableRows,

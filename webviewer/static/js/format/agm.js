@@ -1,4 +1,6 @@
-// Reader of the .agm bundle format, version 1.x (docs/agm-format.md; Python twin: exporter/agm.py).
+// Reader of the .agm bundle format, version 1.x (docs/agm-format.md; Python twin: exporter/agm/read.py).
+// The constants below are the Python ones (agora_core/types/spec.py, exporter/agm/layout.py):
+// tests/test_spec.py checks them.
 //
 // readAgm(arrayBuffer, label) validates everything the spec's "Validation" section lists and
 // returns typed-array views into the buffer (no copies). Any problem throws AgmFormatError with

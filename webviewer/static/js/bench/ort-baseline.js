@@ -8,11 +8,11 @@
 // wasm: threads when the page is cross-origin isolated (the server sends COOP/COEP); webgpu and
 // webgl: where the browser has them.
 
-import { uploadRows } from "./gl.js";
+import { uploadRows } from "../gpu/gl.js";
 
 export const ORT_MODULES = { wasm: "ort.wasm.bundle.min.mjs", webgpu: "ort.webgpu.bundle.min.mjs", webgl: "ort.webgl.min.mjs" };
 const ORT_FILES_WASM = { wasm: "ort-wasm-simd-threaded.wasm", webgpu: "ort-wasm-simd-threaded.asyncify.wasm", webgl: null };
-const ORT_BASE = new URL("../../ort/", import.meta.url);
+const ORT_BASE = new URL("../../../ort/", import.meta.url);
 
 /** Threads for the wasm backend: up to 4 when cross-origin isolated (SharedArrayBuffer), else 1. */
 export function defaultThreads() {

@@ -7,7 +7,7 @@
 // quantised to `bits` (16: one counting-sort pass; up to 32: two LSD radix passes of 16 bits) over
 // the visible depth range. The render loop never waits for it: results arrive as messages.
 
-import { halfTable } from "./half.js";
+import { halfTable } from "../format/half.js";
 
 const SKIP_BELOW = 1e-5; // metres
 let S = null;

@@ -6,7 +6,7 @@
 // another format ("source" other than "agora", see sequences.js) and the authors' layout are matched
 // strictly by name: a layout that does not fit the bundle is refused, naming the mismatch.
 
-import { flameNames, matchLayout } from "./sequences.js";
+import { flameNames, matchLayout } from "../format/sequences.js";
 
 export class SequenceError extends Error {}
 

@@ -107,21 +107,40 @@ def tables(report: dict) -> str:
         f"{s['frames']} frames per mode after {s['warmup']} warm-up, draw path {s['draw_path']}, "
         f"driving sequence {s['sequence']}, depth order {s['order']}; medians / p95 in ms.",
         "",
-        markdown_table(["mode", "animation ms", "frame ms", "FPS", "Gaussians", "download MB", "textures MB", "backend"], rows),
+        markdown_table(
+            ["mode", "animation ms", "frame ms", "FPS", "Gaussians", "download MB", "textures MB", "backend"], rows
+        ),
         "",
         f"AGORA-M animation is {r['animation_speedup']}x faster than the onnxruntime-web baseline "
         f"(target >= {TARGET_SPEEDUP:.0f}x: {'met' if report['targets']['speedup_met'] else 'NOT met'}); "
         f"an AGORA-M animated frame costs {r['animated_over_static']}x a static frame "
         f"(target <= {TARGET_FRAME_RATIO}: {'met' if report['targets']['frame_ratio_met'] else 'NOT met'}). "
-        f"Both paths' positions agree to {page['agreement']['means_rms_mm']:.3f} mm RMS at frame {page['agreement']['frame']}.",
+        f"Both paths' positions agree to {page['agreement']['means_rms_mm']:.3f} mm RMS "
+        f"at frame {page['agreement']['frame']}.",
     ]
     py = report["python"]
     ms = lambda k: 1e3 * py[k]["median_s"]  # noqa: E731
-    lines += ["", f"Python, CPU ({py['gaussians']:,} Gaussians, medians of {py['frames']} frames):", "",
-              markdown_table(["full AGORA, PyTorch ms", "full AGORA, onnxruntime CPU ms", "AGORA-M blend, PyTorch ms",
-                              "speed-up vs onnxruntime"],
-                             [[f"{ms('full_pytorch'):.1f}", f"{ms('full_onnxruntime'):.1f}", f"{ms('agora_m_blend'):.2f}",
-                               f"{ms('full_onnxruntime') / ms('agora_m_blend'):.0f}x"]])]
+    lines += [
+        "",
+        f"Python, CPU ({py['gaussians']:,} Gaussians, medians of {py['frames']} frames):",
+        "",
+        markdown_table(
+            [
+                "full AGORA, PyTorch ms",
+                "full AGORA, onnxruntime CPU ms",
+                "AGORA-M blend, PyTorch ms",
+                "speed-up vs onnxruntime",
+            ],
+            [
+                [
+                    f"{ms('full_pytorch'):.1f}",
+                    f"{ms('full_onnxruntime'):.1f}",
+                    f"{ms('agora_m_blend'):.2f}",
+                    f"{ms('full_onnxruntime') / ms('agora_m_blend'):.0f}x",
+                ]
+            ],
+        ),
+    ]
     return "\n".join(lines)
 
 
@@ -151,8 +170,13 @@ def plot(report: dict, path: Path) -> None:
     hi = max(hi, lo + 1)
     x_of = lambda v: left + (W - left - right) * (math.log10(max(v, 10 ** lo)) - lo) / (hi - lo)  # noqa: E731
     s = report["page"]["settings"]
-    d.text((12, 12), f"ms per frame, log scale ({report['page']['bundle']['gaussians']:,} Gaussians, "
-                     f"{s['width']}x{s['height']}, headless Chromium/SwiftShader on this CPU)", fill=(0, 0, 0), font=font)
+    d.text(
+        (12, 12),
+        f"ms per frame, log scale ({report['page']['bundle']['gaussians']:,} Gaussians, "
+        f"{s['width']}x{s['height']}, headless Chromium/SwiftShader on this CPU)",
+        fill=(0, 0, 0),
+        font=font,
+    )
     for e in range(lo, hi + 1):
         x = x_of(10 ** e)
         d.line([(x, top - 8), (x, H - 40)], fill=(220, 220, 220))
@@ -169,7 +193,9 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="small", help="generator preset of the bundle and the baseline")
-    ap.add_argument("--bundle", type=Path, default=None, help="an existing bundle from `agora-export bundle` (else one is made)")
+    ap.add_argument(
+        "--bundle", type=Path, default=None, help="an existing bundle from `agora-export bundle` (else one is made)"
+    )
     ap.add_argument("--samples", type=int, default=256, help="extraction samples N of the made bundle")
     ap.add_argument("--rank", type=int, default=64, help="K per group of the made bundle")
     ap.add_argument("--epochs", type=int, default=60, help="MLP epochs of the made bundle")
@@ -178,8 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", default="512x512", help="drawing buffer WxH")
     ap.add_argument("--ep", default="wasm", choices=["wasm", "webgpu", "webgl"], help="onnxruntime-web backend")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime-web wasm threads (0: the page's default)")
-    ap.add_argument("--workdir", type=Path, default=None, help="where made bundles are kept (default: a temporary folder)")
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR / f"{NAME}.json", help="JSON report (.md and .png beside it)")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="where made bundles are kept (default: a temporary folder)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=RESULTS_DIR / f"{NAME}.json", help="JSON report (.md and .png beside it)"
+    )
     args = ap.parse_args(argv)
     from agora_core.types.errors import AgoraError
     from exporter.agm import read_agm

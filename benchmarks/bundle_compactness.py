@@ -60,16 +60,31 @@ def main(argv: list[str] | None = None) -> dict:
             path = Path(tmp) / f"{quant}-{threshold}.agm"
             stats = write_agm(bundle, path, quant=quant)
             fid = stored_fidelity(read_agm(path), result, gen)
-            row = {"quant": quant, "sparse_tolerance": threshold, "bytes_per_gaussian": stats.bytes_per_gaussian,
-                   "basis_bytes_per_gaussian": stats.basis_bytes_per_gaussian, "total_bytes": stats.total_bytes,
-                   "ranks": dict(bundle.ranks), "kept_fraction": stats.kept_fraction, "render_psnr": fid.get("render_psnr"),
-                   "psnr_loss_db": reference - fid["render_psnr"] if "render_psnr" in fid else None,
-                   "attribute_mse": fid["attribute_mse"]}
+            row = {
+                "quant": quant,
+                "sparse_tolerance": threshold,
+                "bytes_per_gaussian": stats.bytes_per_gaussian,
+                "basis_bytes_per_gaussian": stats.basis_bytes_per_gaussian,
+                "total_bytes": stats.total_bytes,
+                "ranks": dict(bundle.ranks),
+                "kept_fraction": stats.kept_fraction,
+                "render_psnr": fid.get("render_psnr"),
+                "psnr_loss_db": reference - fid["render_psnr"] if "render_psnr" in fid else None,
+                "attribute_mse": fid["attribute_mse"],
+            }
             rows.append(row)
-            table.append([quant, "dense" if threshold is None else f"sparse, tolerance x{threshold:g}", round(row["bytes_per_gaussian"], 1),
-                          round(row["basis_bytes_per_gaussian"], 1), f"{row['render_psnr']:.2f}", f"{row['psnr_loss_db']:.3f}",
-                          "/".join(str(k) for k in bundle.ranks.values()),
-                          ", ".join(f"{g} {100 * f:.0f}%" for g, f in stats.kept_fraction.items())])
+            table.append(
+                [
+                    quant,
+                    "dense" if threshold is None else f"sparse, tolerance x{threshold:g}",
+                    round(row["bytes_per_gaussian"], 1),
+                    round(row["basis_bytes_per_gaussian"], 1),
+                    f"{row['render_psnr']:.2f}",
+                    f"{row['psnr_loss_db']:.3f}",
+                    "/".join(str(k) for k in bundle.ranks.values()),
+                    ", ".join(f"{g} {100 * f:.0f}%" for g, f in stats.kept_fraction.items()),
+                ]
+            )
     text = markdown_table(["bases", "layout", "B/Gaussian", "bases B/Gaussian", "PSNR dB", "loss dB",
                            "K xyz/scale/rot/opac", "kept"], table)
     print(f"\n{args.preset}: {result.num_gaussians:,} Gaussians, K={args.rank}, N={args.samples}; "

@@ -6,8 +6,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -15,7 +15,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = RESULTS_DIR.parent.parent
 
 
-def timed(fn: Callable[[], object], warmup: int = 2, repeats: int = 10, sync: Callable[[], None] = lambda: None) -> dict:
+def timed(
+    fn: Callable[[], object], warmup: int = 2, repeats: int = 10, sync: Callable[[], None] = lambda: None
+) -> dict:
     """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls: median, p95, min and all samples."""
     for _ in range(warmup):
         fn()

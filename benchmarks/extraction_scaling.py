@@ -5,7 +5,8 @@ Run with ``python -m benchmarks.extraction_scaling`` (``--help`` for options).
 (a) **Streaming SVD at full width.** Rows come from a synthetic generator, deterministic per row
     index and produced in blocks: per group a rank-192 matrix ``c_i^T S V`` with power-law singular
     values ``sigma_j ~ j^-0.6`` (71 / 81 / 89 / 96 % explained at K = 16 / 32 / 64 / 128; the paper's
-    residuals: 78 / 84 / 89 % at K = 16 / 32 / 64) and realistic group amplitudes. The paper's size is ``N = 20000`` rows x
+    residuals: 78 / 84 / 89 % at K = 16 / 32 / 64) and realistic group amplitudes. The paper's size is
+    ``N = 20000`` rows x
     ``262,144`` Gaussians x 11 values: the matrix would take ``20000 x 262144 x 11 x 2 bytes ~ 115 GB``
     in half precision (231 GB in float32) and is never materialised - the sketches hold
     ``2 l x D`` floats. Peak memory does not depend on ``N``; time grows linearly with it.
@@ -67,7 +68,9 @@ class SyntheticResiduals:
     def coefficients(self, start: int, stop: int, group_index: int) -> torch.Tensor:
         out = torch.empty(stop - start, self.rank)
         for r, i in enumerate(range(start, stop)):
-            out[r] = torch.randn(self.rank, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + i * 7 + group_index))
+            out[r] = torch.randn(
+                self.rank, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + i * 7 + group_index)
+            )
         return out.to(self.device)
 
     def __call__(self, start: int, stop: int) -> dict[str, torch.Tensor]:
@@ -135,10 +138,10 @@ def run_synthetic(cfg: dict) -> dict:
 
 # ============================================================================ (b) real extraction
 def run_real(cfg: dict) -> dict:
-    from agora_core.heads.builtin import builtin_head_model
     from agora_core.agora_m import ExtractionConfig, extract_agora_m
     from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
     from agora_core.generator import AgoraGenerator, get_preset
+    from agora_core.heads.builtin import builtin_head_model
 
     torch.set_num_threads(cfg.get("threads") or torch.get_num_threads())
     torch.manual_seed(0)
@@ -194,8 +197,18 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
         syn = [{"num_rows": 4000, "gaussians": 262144, "rank": 128}]
     if args.rows is not None:
         syn = [{**s, "num_rows": args.rows} for s in syn]
-    syn = [{**common, **s, "signal_rank": args.signal_rank, "alpha": args.alpha, "block": args.block, "oversampling": args.oversampling,
-            "held_out": 128} for s in syn]
+    syn = [
+        {
+            **common,
+            **s,
+            "signal_rank": args.signal_rank,
+            "alpha": args.alpha,
+            "block": args.block,
+            "oversampling": args.oversampling,
+            "held_out": 128,
+        }
+        for s in syn
+    ]
     real_common = {**common, "epochs": 30, "fidelity_samples": 0, "render_samples": 0}
     if args.skip_real:
         real = []
@@ -218,12 +231,18 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--full", action="store_true", help="the paper's size: N=20000, K=128, 262,144 Gaussians (~20-30 min)")
+    size.add_argument(
+        "--full", action="store_true", help="the paper's size: N=20000, K=128, 262,144 Gaussians (~20-30 min)"
+    )
     size.add_argument("--quick", action="store_true", help="a small configuration (a minute or two)")
     parser.add_argument("--rows", type=int, default=None, help="override N of the synthetic run")
     parser.add_argument("--signal-rank", type=int, default=192, help="rank of the synthetic residuals")
-    parser.add_argument("--alpha", type=float, default=0.6,
-                        help="sigma_j ~ j^-alpha (0.6 with rank 192: 71/81/89/96 %% at K=16/32/64/128, the paper: 78/84/89 %%)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.6,
+        help="sigma_j ~ j^-alpha (0.6 with rank 192: 71/81/89/96 %% at K=16/32/64/128, the paper: 78/84/89 %%)",
+    )
     parser.add_argument("--oversampling", type=int, default=32, help="sketch size l = K + oversampling")
     parser.add_argument("--block", type=int, default=64, help="rows per generated block")
     parser.add_argument("--skip-real", action="store_true", help="only the synthetic streaming-SVD run")
@@ -241,9 +260,12 @@ def main(argv: list[str] | None = None) -> dict:
     for cfg in syn_cfgs:
         G, N = cfg["gaussians"], cfg["num_rows"]
         D = N * G * VALUES_PER_GAUSSIAN
-        print(f"(a) streaming SVD: N={N} x {G:,} Gaussians x {VALUES_PER_GAUSSIAN} values, K={cfg['rank']}, "
-              f"l=K+{cfg['oversampling']}; dense it would be {D * 2 / 1e9:.1f} GB (f16) / {D * 4 / 1e9:.1f} GB (f32) - never formed",
-              flush=True)
+        print(
+            f"(a) streaming SVD: N={N} x {G:,} Gaussians x {VALUES_PER_GAUSSIAN} values, K={cfg['rank']}, "
+            f"l=K+{cfg['oversampling']}; dense it would be {D * 2 / 1e9:.1f} GB (f16) / {D * 4 / 1e9:.1f} GB (f32) "
+            "- never formed",
+            flush=True,
+        )
         synthetic.append(_worker("synthetic", cfg))
     if synthetic:
         print(_table(synthetic, [("N", "num_rows", "d"), ("Gaussians", "gaussians", ",d"), ("K", "rank", "d"),
@@ -257,15 +279,35 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"(b) extraction: preset {cfg['preset']}, N={cfg['num_samples']}, K={cfg['rank']}", flush=True)
         real.append(_worker("real", cfg))
     if real:
-        print(_table(real, [("preset", "preset", "s"), ("Gaussians", "gaussians", ",d"), ("N", "num_samples", "d"),
-                            ("K", "rank", "d"), ("total_s", "timings_s.total_s", ".1f"), ("svd_s", "timings_s.svd_s", ".1f"),
-                            ("proj_s", "timings_s.projection_s", ".1f"), ("mlp_s", "timings_s.mlp_s", ".1f"),
-                            ("rows/s", "rows_per_s", ".1f"), ("sketch_MiB", "sketch_mib", ".0f"),
-                            ("peak_MiB", "peak_memory_mib.maxrss_mib", ".0f"), ("EV_xyz", "explained_variance.xyz", ".4f")]))
+        print(
+            _table(
+                real,
+                [
+                    ("preset", "preset", "s"),
+                    ("Gaussians", "gaussians", ",d"),
+                    ("N", "num_samples", "d"),
+                    ("K", "rank", "d"),
+                    ("total_s", "timings_s.total_s", ".1f"),
+                    ("svd_s", "timings_s.svd_s", ".1f"),
+                    ("proj_s", "timings_s.projection_s", ".1f"),
+                    ("mlp_s", "timings_s.mlp_s", ".1f"),
+                    ("rows/s", "rows_per_s", ".1f"),
+                    ("sketch_MiB", "sketch_mib", ".0f"),
+                    ("peak_MiB", "peak_memory_mib.maxrss_mib", ".0f"),
+                    ("EV_xyz", "explained_variance.xyz", ".4f"),
+                ],
+            )
+        )
     result = {
         "mode": "full" if args.full else ("quick" if args.quick else "default"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(), "device": args.device},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": args.threads or torch.get_num_threads(),
+            "device": args.device,
+        },
         "synthetic_streaming_svd": synthetic,
         "real_extraction": real,
     }

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from agora_core.render.rasterizer import rasterize, resolve_backend
 from agora_core.types.camera import orbit_camera
 from agora_core.types.gaussians import Gaussians
-from agora_core.render.rasterizer import rasterize, resolve_backend
 from benchmarks.common import timed, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rasterizer_speed.json"

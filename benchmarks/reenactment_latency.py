@@ -43,7 +43,7 @@ class TorchBlend:
         self.ranks = [self.bases[g].shape[0] for g in GROUP_DIMS]
 
     @classmethod
-    def from_bundle(cls, path: Path, identity: int = 0) -> "TorchBlend":
+    def from_bundle(cls, path: Path, identity: int = 0) -> TorchBlend:
         from exporter.agm import read_agm
 
         b = read_agm(path)
@@ -55,7 +55,9 @@ class TorchBlend:
         return cls(layers, neutral, bases)
 
     @classmethod
-    def random(cls, G: int, P: int, K: int, hidden: tuple[int, ...] = MLPTrainConfig.hidden, seed: int = 0) -> "TorchBlend":
+    def random(
+        cls, G: int, P: int, K: int, hidden: tuple[int, ...] = MLPTrainConfig.hidden, seed: int = 0
+    ) -> TorchBlend:
         g = torch.Generator().manual_seed(seed)
         widths = [P, *hidden, len(GROUP_DIMS) * K]
         slope = MLPTrainConfig.negative_slope
@@ -94,7 +96,9 @@ def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None,
         return conds[next(it) % frames:][:1]
 
     with torch.no_grad():
-        full = timed(lambda: gen.animate(cache, Condition.from_vector(next_cond(), head.num_expression)), warmup, frames)
+        full = timed(
+            lambda: gen.animate(cache, Condition.from_vector(next_cond(), head.num_expression)), warmup, frames
+        )
     with tempfile.TemporaryDirectory() as tmp:
         info = export_expression_path(gen, cache, Path(tmp) / "path.onnx")
         session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
@@ -104,8 +108,17 @@ def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None,
     if blend.neutral["xyz"].numel() != 3 * G:
         raise SystemExit(f"--bundle has {blend.neutral['xyz'].numel() // 3} Gaussians, preset {preset} has {G}")
     agm = timed(lambda: blend(next_cond()[0]), warmup, frames)
-    return {"preset": preset, "gaussians": G, "frames": frames, "rank": rank, "blend_bases": "bundle" if used_bundle else "random",
-            "onnx_mb": info.size_bytes / 1e6, "full_pytorch": full, "full_onnxruntime": onnx_t, "agora_m_blend": agm}
+    return {
+        "preset": preset,
+        "gaussians": G,
+        "frames": frames,
+        "rank": rank,
+        "blend_bases": "bundle" if used_bundle else "random",
+        "onnx_mb": info.size_bytes / 1e6,
+        "full_pytorch": full,
+        "full_onnxruntime": onnx_t,
+        "agora_m_blend": agm,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -128,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     text = markdown_table(["preset", "Gaussians", "full AGORA PyTorch ms", "full AGORA onnxruntime ms",
                            "AGORA-M blend ms", "speed-up vs PyTorch", "speed-up vs ORT"], rows)
     print(text)
-    print(f"\nmedians of {args.frames} frames after {args.warmup} warm-up frames, torch threads {torch.get_num_threads()}")
+    print(
+        f"\nmedians of {args.frames} frames after {args.warmup} warm-up frames, torch threads {torch.get_num_threads()}"
+    )
     out = write_results("reenactment_latency", {"results": results, "table_markdown": text}, args.out)
     print(f"wrote {out}")
     return {"results": results}

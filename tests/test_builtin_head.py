@@ -123,7 +123,9 @@ def test_eye_rotation_moves_only_the_eyeballs(model, data):
     for name in ("eye_left", "eye_right"):
         centre = joints[data.joint_names.index(name)]
         ball = data.regions[name]
-        assert np.allclose(np.linalg.norm(turned[ball] - centre, axis=1), np.linalg.norm(rest[ball] - centre, axis=1), atol=1e-6)
+        assert np.allclose(
+            np.linalg.norm(turned[ball] - centre, axis=1), np.linalg.norm(rest[ball] - centre, axis=1), atol=1e-6
+        )
 
 
 def test_left_is_plus_x(data):

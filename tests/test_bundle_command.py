@@ -77,8 +77,8 @@ def test_unwritable_output_is_an_error(tmp_path):
 def test_truncate_ranks_drops_only_blendshapes_no_gaussian_needs():
     import copy
 
-    from tests.test_agm import make_bundle, random_params
     from exporter.agm.sparsify import truncate_ranks
+    from tests.test_agm import make_bundle, random_params
 
     bundle, _ = make_bundle(G=64, identities=2, ranks=(8, 6, 5, 4), seed=3)
     bases = {g: bundle.bases[g].values.copy() for g in bundle.bases}

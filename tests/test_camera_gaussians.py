@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from agora_core.heads.model import axis_angle_to_matrix
 from agora_core.types.camera import Camera, intrinsics, look_at, orbit_camera
 from agora_core.types.gaussians import Gaussians, axis_angle_to_quat, quat_multiply, quat_to_rotmat, rgb_to_sh_dc
-from agora_core.heads.model import axis_angle_to_matrix
 
 
 def random_gaussians(G=10, batch=()):

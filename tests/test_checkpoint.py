@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from agora_core.generator.checkpoint import CheckpointError, build_generator, load_generator, save_generator
 from agora_core.generator import AgoraGenerator, get_preset, z_from_seed
+from agora_core.generator.checkpoint import CheckpointError, build_generator, load_generator, save_generator
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,9 @@ class Exploit:
 def test_pickled_code_is_never_executed(builtin_head, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
-    torch.save({"format": "agora-generator", "version": 1, "config": {}, "head": {}, "state_dict": {"x": Exploit()}}, path)
+    torch.save(
+        {"format": "agora-generator", "version": 1, "config": {}, "head": {}, "state_dict": {"x": Exploit()}}, path
+    )
     with pytest.raises(CheckpointError, match="refused to load"):
         load_generator(path, builtin_head)
     assert not (tmp_path / "exploited-marker").exists()

@@ -47,7 +47,9 @@ def test_ply_and_onnx_commands_write_valid_files(tmp_path):
     assert result.exit_code == 0, result.output
     assert read_ply(ply).count > 100
     onnx_path = tmp_path / "a.onnx"
-    result = runner.invoke(app, ["onnx", "--preset", "tiny", "--features-out", str(tmp_path / "id.npz"), str(onnx_path)])
+    result = runner.invoke(
+        app, ["onnx", "--preset", "tiny", "--features-out", str(tmp_path / "id.npz"), str(onnx_path)]
+    )
     assert result.exit_code == 0, result.output
     import onnx
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from agora_core.types.camera import orbit_camera
 from agora_core.training.dataset import (
     AUTHORS_WIDTH,
     DatasetError,
@@ -23,6 +21,7 @@ from agora_core.training.dataset import (
     smirk_to_conditioning,
     write_dataset_json,
 )
+from agora_core.types.camera import orbit_camera
 from agora_core.types.errors import AgoraError
 
 
@@ -152,10 +151,9 @@ def test_smirk_camera_projects_like_the_orthographic_camera():
 
 
 def test_authors_layout_with_a_flame_head(tmp_path):
-    from tests.support.flame_fixture import make_fake_flame
-
     from agora_core.heads.flame import load_flame
     from agora_core.heads.model import HeadModel
+    from tests.support.flame_fixture import make_fake_flame
 
     flame_dir = tmp_path / "flame"
     flame_dir.mkdir()
@@ -175,7 +173,9 @@ def test_authors_layout_with_a_flame_head(tmp_path):
     idx = load_dataset_index(data, head=head)
     assert idx.head == "flame"
     assert idx.conditions.shape == (1, head.condition_dim)
-    assert idx.conditions[0, 0] == 0.5 and abs(float(idx.conditions[0, 50]) - 0.2) < 1e-7 and idx.conditions[0, -1] == 1.0
+    assert (
+        idx.conditions[0, 0] == 0.5 and abs(float(idx.conditions[0, 50]) - 0.2) < 1e-7 and idx.conditions[0, -1] == 1.0
+    )
     assert abs(float(idx.cameras[0, 16]) - 3.5) < 1e-6
     items[0]["flame"] = flame.tolist()[:-1]
     (data / "dataset.json").write_text(json.dumps({"items": items}))

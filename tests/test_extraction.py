@@ -17,8 +17,18 @@ from agora_core.types.errors import AgoraError
 from agora_core.types.spec import GROUPS
 
 ONE_EPOCH = MLPTrainConfig(epochs=1, batch_size=32)
-CFG = ExtractionConfig(num_samples=96, rank=8, seeds=(0, 1, 2), batch_size=16, mlp=MLPTrainConfig(epochs=120, batch_size=32),
-                       fidelity_samples=12, render_samples=1, fidelity_yaws=(0.0,), fidelity_size=48, seed=0)
+CFG = ExtractionConfig(
+    num_samples=96,
+    rank=8,
+    seeds=(0, 1, 2),
+    batch_size=16,
+    mlp=MLPTrainConfig(epochs=120, batch_size=32),
+    fidelity_samples=12,
+    render_samples=1,
+    fidelity_yaws=(0.0,),
+    fidelity_size=48,
+    seed=0,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,7 +88,9 @@ def test_explained_variance_increases_with_rank(tiny, result):
         assert all(b >= a for a, b in zip(curve, curve[1:]))
         # the exact value on the pass-2 rows lies between the sketch's lower and upper bounds
         assert result.explained_variance_sketch[g] - 1e-4 <= result.explained_variance[g] <= 1.0
-    small = extract_agora_m(tiny, replace(CFG, rank=3, mlp=ONE_EPOCH, fidelity_samples=0, render_samples=0), progress=False)
+    small = extract_agora_m(
+        tiny, replace(CFG, rank=3, mlp=ONE_EPOCH, fidelity_samples=0, render_samples=0), progress=False
+    )
     for g, _, _ in GROUPS:
         assert small.explained_variance[g] < result.explained_variance[g], g
 
@@ -119,7 +131,12 @@ def test_mlp_report(result):
 def test_fidelity_report_is_finite_and_agora_m_beats_the_neutral_avatar(result):
     f = result.fidelity
     assert f["samples"] == CFG.fidelity_samples and f["held_out_rows"][0] >= CFG.num_samples
-    for key in ("attribute_mse_agora_m", "attribute_mse_projection", "attribute_mse_neutral", "attribute_mse_ratio_vs_neutral"):
+    for key in (
+        "attribute_mse_agora_m",
+        "attribute_mse_projection",
+        "attribute_mse_neutral",
+        "attribute_mse_ratio_vs_neutral",
+    ):
         assert set(f[key]) == {g for g, _, _ in GROUPS}
         assert all(math.isfinite(v) for v in f[key].values())
     for g, _, _ in GROUPS:
@@ -163,8 +180,18 @@ def test_interrupted_and_resumed_extraction_equals_uninterrupted(tiny, result, t
 
 
 def test_per_group_ranks_with_a_static_group(tiny):
-    res = extract_agora_m(tiny, replace(CFG, rank={"xyz": 6, "scale": 2, "rotation": 4}, mlp=ONE_EPOCH, fidelity_samples=2,
-                                        render_samples=0, centre=True), progress=False)
+    res = extract_agora_m(
+        tiny,
+        replace(
+            CFG,
+            rank={"xyz": 6, "scale": 2, "rotation": 4},
+            mlp=ONE_EPOCH,
+            fidelity_samples=2,
+            render_samples=0,
+            centre=True,
+        ),
+        progress=False,
+    )
     assert res.ranks == {"xyz": 6, "scale": 2, "rotation": 4, "opacity": 0}
     assert res.bases["opacity"].shape == (0, res.num_gaussians, 1)
     assert res.mlp.out_dim == 12 and res.export_mlp(0)[-1]["weight"].shape[0] == 12
@@ -173,7 +200,9 @@ def test_per_group_ranks_with_a_static_group(tiny):
 
 
 def test_centred_extraction_blends_around_the_mean(tiny):
-    res = extract_agora_m(tiny, replace(CFG, centre=True, mlp=ONE_EPOCH, fidelity_samples=0, render_samples=0), progress=False)
+    res = extract_agora_m(
+        tiny, replace(CFG, centre=True, mlp=ONE_EPOCH, fidelity_samples=0, render_samples=0), progress=False
+    )
     assert res.means is not None
     out = res.blend(0, torch.zeros(1, sum(res.ranks.values())))
     assert torch.allclose(out.means[0], res.neutral.means[0] + res.means["xyz"], atol=1e-6)
@@ -240,7 +269,9 @@ def test_parameter_files(builtin_head, pca_head, tmp_path):
     prior = ExpressionPrior.from_file(builtin_head, tmp_path / "good.npy")
     rows = prior.sample(40, seed=3).numpy()
     assert {tuple(r) for r in rows} == {tuple(r) for r in good}  # every file row, cycled in a seeded order
-    assert torch.equal(prior.sample(40, seed=3), ExpressionPrior.from_file(builtin_head, tmp_path / "good.npy").sample(40, seed=3))
+    assert torch.equal(
+        prior.sample(40, seed=3), ExpressionPrior.from_file(builtin_head, tmp_path / "good.npy").sample(40, seed=3)
+    )
 
     np.save(tmp_path / "bad.npy", np.zeros((5, 17), np.float32))
     with pytest.raises(AgoraError, match=rf"17 columns; expected {C} columns .* or {AUTHORS_WIDTH} columns"):

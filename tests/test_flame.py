@@ -4,14 +4,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from tests.support.flame_fixture import Py2StylePickler, fake_chumpy_classes, fake_modules, fake_flame_arrays, make_fake_flame, make_malicious_pickle, mouth_loop_vertices  # noqa: E402
 
 from agora_core.heads.flame import (  # noqa: E402
     FlameFileNotFoundError,
@@ -22,6 +19,15 @@ from agora_core.heads.flame import (  # noqa: E402
 )
 from agora_core.heads.model import HeadModel  # noqa: E402
 from agora_core.heads.safe_pickle import UnsafePickleError, safe_load, safe_loads  # noqa: E402
+from tests.support.flame_fixture import (  # noqa: E402
+    Py2StylePickler,
+    fake_chumpy_classes,
+    fake_flame_arrays,
+    fake_modules,
+    make_fake_flame,
+    make_malicious_pickle,
+    mouth_loop_vertices,
+)
 
 EXPECTED = fake_flame_arrays()
 V0 = len(EXPECTED["v_template"])
@@ -43,7 +49,9 @@ def model50(flame_dir):
 # ------------------------------------------------------------------------------------ safe_pickle
 def test_safe_load_reads_py2_chumpy_sparse_pickle(flame_dir):
     raw = (flame_dir / "generic_model.pkl").read_bytes()
-    assert b"cchumpy.ch\nCh\n" in raw and b"cscipy.sparse.csc\ncsc_matrix\n" in raw and b"cnumpy.core.multiarray\n" in raw
+    assert (
+        b"cchumpy.ch\nCh\n" in raw and b"cscipy.sparse.csc\ncsc_matrix\n" in raw and b"cnumpy.core.multiarray\n" in raw
+    )
     d = safe_load(flame_dir / "generic_model.pkl")
     for key in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "J"):
         assert isinstance(d[key], np.ndarray), key
@@ -87,7 +95,9 @@ def test_dangerous_globals_are_refused(module, name):
 def test_malicious_pickle_is_refused_and_not_executed(tmp_path):
     marker = tmp_path / "marker"
     path = make_malicious_pickle(tmp_path / "generic_model.pkl", marker)
-    with pytest.raises(UnsafePickleError, match=r"refusing to load posix\.system from .*generic_model\.pkl: not a whitelisted type"):
+    with pytest.raises(
+        UnsafePickleError, match=r"refusing to load posix\.system from .*generic_model\.pkl: not a whitelisted type"
+    ):
         safe_load(path)
     with pytest.raises(FlameUnsafeFileError) as info:
         load_flame(path, uv_path=tmp_path / "none.obj")
@@ -136,8 +146,20 @@ def test_npz_and_py3_pickle_give_the_same_model(tmp_path, model50):
     py3 = make_fake_flame(tmp_path / "py3", fmt="py3", uv="obj")
     for path in (npz, py3):
         other = load_flame(path)
-        for name in ("v_template", "faces", "uvs", "uv_faces", "lbs_weights", "shapedirs", "exprdirs", "posedirs", "J_regressor"):
-            np.testing.assert_allclose(getattr(other, name), getattr(model50, name), atol=1e-7, err_msg=f"{path}: {name}")
+        for name in (
+            "v_template",
+            "faces",
+            "uvs",
+            "uv_faces",
+            "lbs_weights",
+            "shapedirs",
+            "exprdirs",
+            "posedirs",
+            "J_regressor",
+        ):
+            np.testing.assert_allclose(
+                getattr(other, name), getattr(model50, name), atol=1e-7, err_msg=f"{path}: {name}"
+            )
 
 
 # ------------------------------------------------------------------------------------ HeadModel
@@ -248,7 +270,9 @@ def _max_cover(pts: np.ndarray, tris: np.ndarray) -> int:
     a, b, c = tris[:, 0], tris[:, 1], tris[:, 2]
 
     def side(p, q, r):
-        return (q[None, :, 0] - p[None, :, 0]) * (r[:, None, 1] - p[None, :, 1]) - (q[None, :, 1] - p[None, :, 1]) * (r[:, None, 0] - p[None, :, 0])
+        return (q[None, :, 0] - p[None, :, 0]) * (r[:, None, 1] - p[None, :, 1]) - (q[None, :, 1] - p[None, :, 1]) * (
+            r[:, None, 0] - p[None, :, 0]
+        )
 
     s1, s2, s3 = side(a, b, pts), side(b, c, pts), side(c, a, pts)
     eps = 1e-9

@@ -82,7 +82,9 @@ def test_cached_identity_path_equals_full_path(tiny, builtin_head):
         # one cache, many conditions: each equals its own full run
         for i in range(3):
             single = Condition.from_vector(cond.vector()[i:i + 1], builtin_head.num_expression)
-            again = tiny.animate(cache, Condition.from_vector(single.vector().expand(3, -1), builtin_head.num_expression))
+            again = tiny.animate(
+                cache, Condition.from_vector(single.vector().expand(3, -1), builtin_head.num_expression)
+            )
             assert torch.allclose(again.means[i], full.means[i], atol=1e-6)
     for field in ("means", "scales", "quats", "opacities", "sh"):
         assert torch.allclose(getattr(cached, field), getattr(full, field), atol=1e-6), field

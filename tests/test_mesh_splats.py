@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agora_core.types.camera import orbit_camera
 from agora_core.heads.sources import head_center
 from agora_core.render.mesh_splats import (
     CODE_BACKGROUND,
@@ -14,6 +13,7 @@ from agora_core.render.mesh_splats import (
     splatter_for,
     surface_samples,
 )
+from agora_core.types.camera import orbit_camera
 
 
 def _front_camera(head, size: int, yaw: float = 0.0):
@@ -35,7 +35,9 @@ def _mesh_silhouette(vertices: torch.Tensor, faces: torch.Tensor, camera) -> tor
     a, b, c = tri[:, None, 0], tri[:, None, 1], tri[:, None, 2]
 
     def edge(p0, p1):
-        return (p1[..., 0] - p0[..., 0]) * (p[..., 1] - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (p[..., 0] - p0[..., 0])
+        return (p1[..., 0] - p0[..., 0]) * (p[..., 1] - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (
+            p[..., 0] - p0[..., 0]
+        )
 
     e0, e1, e2 = edge(a, b), edge(b, c), edge(c, a)
     inside = ((e0 >= 0) & (e1 >= 0) & (e2 >= 0)) | ((e0 <= 0) & (e1 <= 0) & (e2 <= 0))

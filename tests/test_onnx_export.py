@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agora_core.types.errors import AgoraError
 from agora_core.generator import AgoraGenerator, Condition, get_preset
 from agora_core.heads.model import HeadModel
+from agora_core.types.errors import AgoraError
 from exporter.interop.onnx_export import (
     INPUT_NAMES,
     OUTPUT_NAMES,

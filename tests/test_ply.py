@@ -46,7 +46,9 @@ def test_layout_names_order_and_format(tmp_path):
     el = ply["vertex"]
     assert el.count == 7
     assert [p.name for p in el.properties] == EXPECTED_NAMES
-    assert all(p.val_dtype in ("f4", "<f4", "float32", "float") for p in el.properties), [p.val_dtype for p in el.properties]
+    assert all(p.val_dtype in ("f4", "<f4", "float32", "float") for p in el.properties), [
+        p.val_dtype for p in el.properties
+    ]
     header = path.read_bytes().split(b"end_header\n")[0].decode()
     assert "format binary_little_endian 1.0" in header
     # 26 float32 per Gaussian after the header

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from agora_core.types.camera import Camera, orbit_camera
-from agora_core.types.gaussians import Gaussians, rgb_to_sh_dc
 from agora_core.render.rasterizer import (
     ALPHA_MAX,
     ALPHA_MIN,
     T_MIN,
     RenderOutput,
+    gsplat_available,
     project_gaussians,
     rasterize,
-    gsplat_available,
     resolve_backend,
 )
+from agora_core.types.camera import Camera, orbit_camera
+from agora_core.types.gaussians import Gaussians, rgb_to_sh_dc
 
 F64 = torch.float64
 W, H = 32, 24

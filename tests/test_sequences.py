@@ -12,11 +12,17 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.agm import write_agm
+from exporter.agm.synthetic import ARKIT_NAMES, synthetic_bundle
 from exporter.cli.export import app
 from exporter.interop.official import flame_parameter_specs
-from exporter.interop.sequences import (SequenceError, flame_names, match_layout, read_sequence, savgol_smooth,
-                                timecode_fps)
-from exporter.agm.synthetic import ARKIT_NAMES, synthetic_bundle
+from exporter.interop.sequences import (
+    SequenceError,
+    flame_names,
+    match_layout,
+    read_sequence,
+    savgol_smooth,
+    timecode_fps,
+)
 
 runner = CliRunner()
 LIVE_LINK_POSE = ["HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll", "RightEyeYaw",
@@ -74,13 +80,19 @@ def test_arkit_csv_against_a_flame_bundle_is_refused_naming_the_mismatch(tmp_pat
     out = tmp_path / "out.json"
     result = runner.invoke(app, ["sequence", str(src), str(out), "--bundle", str(bundles["flame"])])
     assert result.exit_code == 2, result.output
-    assert "its parameter layout, ARKit-52, does not match the bundle's, FLAME (exp_0..exp_49 + jaw, eyelids)" in result.output
+    assert (
+        "its parameter layout, ARKit-52, does not match the bundle's, FLAME (exp_0..exp_49 + jaw, eyelids)"
+        in result.output
+    )
     assert "52 of its 52 parameters are not in the bundle (browDownLeft" in result.output
     assert not out.exists()
     # and the authors' 55-value layout against the built-in head's ARKit layout
     (tmp_path / "a.json").write_text(json.dumps(authors_json()))
     result = runner.invoke(app, ["sequence", str(tmp_path / "a.json"), str(out), "--bundle", str(bundles["arkit"])])
-    assert result.exit_code == 2 and "FLAME (exp_0..exp_49 + jaw, eyelids), does not match the bundle's, ARKit-52" in result.output
+    assert (
+        result.exit_code == 2
+        and "FLAME (exp_0..exp_49 + jaw, eyelids), does not match the bundle's, ARKit-52" in result.output
+    )
 
 
 def test_live_link_csv_for_the_builtin_head_layout(tmp_path, bundles):
@@ -95,7 +107,11 @@ def test_live_link_csv_for_the_builtin_head_layout(tmp_path, bundles):
     result = runner.invoke(app, ["sequence", str(src), str(out), "--bundle", str(bundles["arkit"]), "--fps", "30"])
     assert result.exit_code == 0, result.output
     seq = json.loads(out.read_text())
-    assert seq["fps"] == 30 and seq["params_dim"] == 57 and seq["names"][52:] == ["jaw_x", "jaw_y", "jaw_z", "eyelid_l", "eyelid_r"]
+    assert (
+        seq["fps"] == 30
+        and seq["params_dim"] == 57
+        and seq["names"][52:] == ["jaw_x", "jaw_y", "jaw_z", "eyelid_l", "eyelid_r"]
+    )
     np.testing.assert_allclose(np.array(seq["frames"])[:, :52], values, atol=1e-6)
     assert np.all(np.array(seq["frames"])[:, 52:] == 0)
     assert "5 bundle parameter(s) not driven" in result.output
@@ -165,7 +181,9 @@ def test_vhap_flame_param_npz(tmp_path, bundles):
     assert seq.source == "vhap" and seq.fps == 25.0 and len(seq.names) == 103
     assert any("neck_pose" in n for n in seq.notes)
     out = tmp_path / "v.json"
-    result = runner.invoke(app, ["sequence", str(tmp_path / "flame_param.npz"), str(out), "--bundle", str(bundles["flame"])])
+    result = runner.invoke(
+        app, ["sequence", str(tmp_path / "flame_param.npz"), str(out), "--bundle", str(bundles["flame"])]
+    )
     assert result.exit_code == 0, result.output
     assert "dropped 50 expression components the bundle does not have (exp_50..exp_99)" in result.output
     frames = np.array(json.loads(out.read_text())["frames"])
@@ -176,7 +194,10 @@ def test_vhap_flame_param_npz(tmp_path, bundles):
     folder = tmp_path / "flame_param"
     folder.mkdir()
     for t in range(T):
-        np.savez(folder / f"{t:05d}.npz", **{k: (v[[t]] if v.ndim == 2 and v.shape[0] == T else v) for k, v in arrays.items()})
+        np.savez(
+            folder / f"{t:05d}.npz",
+            **{k: (v[[t]] if v.ndim == 2 and v.shape[0] == T else v) for k, v in arrays.items()},
+        )
     np.testing.assert_allclose(read_sequence(folder).frames, seq.frames)
     # pickled arrays are refused
     np.savez(tmp_path / "evil.npz", expr=np.array([{"a": 1}], dtype=object), jaw_pose=np.zeros((1, 3)))
@@ -184,14 +205,23 @@ def test_vhap_flame_param_npz(tmp_path, bundles):
         read_sequence(tmp_path / "evil.npz")
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"num_frames": 3, "params_dim": 55, "fps": 25, "frames": [[0] * 55] * 2}, "'frames' must be a list of num_frames = 3"),
-    ({"num_frames": 2, "params_dim": 55, "fps": 25, "frames": [[0] * 55, [0] * 54]}, "frame 1 must have params_dim = 55"),
-    ({"num_frames": 1, "params_dim": 4, "fps": 25, "frames": [[0] * 4]}, "has no 'names' and 4 values per frame"),
-    ({"num_frames": 1, "params_dim": 55, "frames": [[0] * 55]}, "'fps' is missing"),
-    ({"num_frames": 1, "params_dim": 55, "fps": -3, "frames": [[0] * 55]}, "fps must be a positive number"),
-    ({"num_frames": 1, "params_dim": 2, "fps": 5, "names": ["a", "a"], "frames": [[0, 0]]}, "2 distinct strings"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            {"num_frames": 3, "params_dim": 55, "fps": 25, "frames": [[0] * 55] * 2},
+            "'frames' must be a list of num_frames = 3",
+        ),
+        (
+            {"num_frames": 2, "params_dim": 55, "fps": 25, "frames": [[0] * 55, [0] * 54]},
+            "frame 1 must have params_dim = 55",
+        ),
+        ({"num_frames": 1, "params_dim": 4, "fps": 25, "frames": [[0] * 4]}, "has no 'names' and 4 values per frame"),
+        ({"num_frames": 1, "params_dim": 55, "frames": [[0] * 55]}, "'fps' is missing"),
+        ({"num_frames": 1, "params_dim": 55, "fps": -3, "frames": [[0] * 55]}, "fps must be a positive number"),
+        ({"num_frames": 1, "params_dim": 2, "fps": 5, "names": ["a", "a"], "frames": [[0, 0]]}, "2 distinct strings"),
+    ],
+)
 def test_malformed_sequences_are_one_line_errors(tmp_path, content, message):
     src = tmp_path / "bad.json"
     src.write_text(json.dumps(content))

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from exporter.agm import write_agm
+from exporter.agm.synthetic import ARKIT_NAMES, synthetic_bundle
 from exporter.interop.official import flame_parameter_specs
 from exporter.interop.sequences import SequenceError, flame_names, match_layout, read_sequence, to_bundle_frames
 from tests.support.browser import PageDriver, assert_loopback_only, make_site
-from exporter.agm.synthetic import ARKIT_NAMES, synthetic_bundle
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,11 @@ def drop(viewer, name: str, data: bytes) -> None:
 
 def wait_sequence(viewer, name: str) -> str:
     viewer.page.wait_for_function(
-        "(n) => document.getElementById('sequence-name').textContent.includes(n) || !document.getElementById('error').hidden",
-        arg=name, timeout=20000)
+        "(n) => document.getElementById('sequence-name').textContent.includes(n)"
+        " || !document.getElementById('error').hidden",
+        arg=name,
+        timeout=20000,
+    )
     if not viewer.page.locator("#error").is_hidden():
         raise AssertionError(viewer.page.locator("#error").inner_text())
     return viewer.page.locator("#sequence-name").inner_text()
@@ -105,8 +108,11 @@ def test_vhap_and_smirk_npz_drive_the_flame_bundle(viewer, site, tmp_path):
     assert "53/103 parameters matched" in viewer.page.locator("#sequence-name").inner_text()
     assert np.any(got[:, :50] != 0) and np.all(got[:, 53:] == 0)
 
-    smirk = {"expression_params": rng.normal(size=(T, 50)).astype(np.float16),  # f2 exercises the half decoder
-             "jaw_params": rng.uniform(0, 0.3, (T, 1, 3)), "eyelid_params": np.asfortranarray(rng.uniform(0, 1, (T, 2)))}
+    smirk = {
+        "expression_params": rng.normal(size=(T, 50)).astype(np.float16),  # f2 exercises the half decoder
+        "jaw_params": rng.uniform(0, 0.3, (T, 1, 3)),
+        "eyelid_params": np.asfortranarray(rng.uniform(0, 1, (T, 2))),
+    }
     np.savez(tmp_path / "smirk.npz", **smirk)  # stored entries, a Fortran-ordered array, a [T, 1, 3] one
     drop(viewer, "smirk.npz", (tmp_path / "smirk.npz").read_bytes())
     check_against_python(viewer, site, "flame55.agm", tmp_path / "smirk.npz", "smirk.npz")

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from agora_core.types.errors import AgoraError
 from agora_core.agora_m.streaming_svd import FrequentDirections, resolve_ranks, streaming_svd, subspace_sines
+from agora_core.types.errors import AgoraError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -183,7 +183,7 @@ def test_rank_validation():
 
 def test_memory_is_bounded_by_the_sketch():
     fd = FrequentDirections(1000, 10)
-    for i in range(20):
+    for _ in range(20):
         fd.update(torch.randn(64, 1000))
     assert fd.buffer.shape == (20, 1000) and fd.rows == 1280
     assert fd.memory_bytes() == 3 * 10 * 1000 * 4

@@ -20,7 +20,11 @@ def test_same_seed_gives_identical_bytes_and_other_seeds_differ(tmp_path, one_th
     write_synthetic_dataset(tmp_path / "b", SyntheticConfig(**{**cfg.__dict__, "batch_size": 3}), progress=False)
     write_synthetic_dataset(tmp_path / "c", SyntheticConfig(**{**cfg.__dict__, "seed": 8}), progress=False)
     a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
-    assert sorted(a) == ["dataset.json", *[f"images/{i:08d}.png" for i in range(3)], *[f"masks/{i:08d}.png" for i in range(3)]]
+    assert sorted(a) == [
+        "dataset.json",
+        *[f"images/{i:08d}.png" for i in range(3)],
+        *[f"masks/{i:08d}.png" for i in range(3)],
+    ]
     da, db = json.loads(a.pop("dataset.json")), json.loads(b.pop("dataset.json"))
     assert da["items"] == db["items"]  # batch size does not change a sample
     assert a == b

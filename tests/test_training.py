@@ -13,8 +13,18 @@ from agora_core.training.dataset import HeadImageDataset
 from agora_core.training.discriminator import Discriminator, DiscriminatorConfig, minibatch_stddev
 from agora_core.training.synthetic import SyntheticConfig, write_synthetic_dataset
 from agora_core.training.trainer import (
-    DatasetSource, LossWeights, RunPaths, StageConfig, TrainConfig, Trainer, TrainingError, open_run, parse_stages, read_state,
-    save_state, train,
+    DatasetSource,
+    LossWeights,
+    RunPaths,
+    StageConfig,
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    open_run,
+    parse_stages,
+    read_state,
+    save_state,
+    train,
 )
 from exporter.cli.train import app as train_app
 

@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from exporter.agm import AgmFormatError, read_agm, write_agm
-from tests.support.browser import BACKGROUND, PageDriver, artifact, assert_loopback_only, make_site, psnr, save_png
 from exporter.agm.synthetic import synthetic_bundle
+from tests.support.browser import BACKGROUND, PageDriver, artifact, assert_loopback_only, make_site, psnr, save_png
 
 SIZE = 256
 PSNR_MIN = 45.0  # dB, see the module docstring
@@ -108,8 +108,8 @@ def _set(viewer, params, identity=0):
 
 
 def _python_render(bundle, params, identity, camera_spec):
-    from agora_core.types.camera import Camera, intrinsics, look_at
     from agora_core.render.rasterizer import rasterize
+    from agora_core.types.camera import Camera, intrinsics, look_at
 
     cam = Camera(look_at(torch.tensor(camera_spec["position"], dtype=torch.float32),
                          torch.tensor(camera_spec["target"], dtype=torch.float32),
@@ -190,7 +190,9 @@ def test_shader_mlp_and_blend_match_the_python_reference(viewer, site, name):
         ar = ref.animate_arrays(params, identity)
         G = ref.gaussian_count
         np.testing.assert_allclose(blended["means"].reshape(G, 3), ar["means"], atol=1e-6, rtol=0, err_msg="means")
-        np.testing.assert_allclose(blended["scales"].reshape(G, 3), ar["scales"], atol=1e-7, rtol=1e-5, err_msg="scales")
+        np.testing.assert_allclose(
+            blended["scales"].reshape(G, 3), ar["scales"], atol=1e-7, rtol=1e-5, err_msg="scales"
+        )
         np.testing.assert_allclose(blended["quats"].reshape(G, 4), ar["quats"], atol=2e-6, rtol=0, err_msg="quats")
         np.testing.assert_allclose(blended["opacities"], ar["opacities"][:, 0], atol=2e-6, rtol=0, err_msg="opacities")
         # the animation really moved something (the parity is not vacuous)
@@ -319,17 +321,21 @@ def test_js_reader_messages_match_the_python_reader(viewer, site):
             read_agm(data, name="x.agm")
         expected[name] = str(exc.value)
     assert viewer.open() == "ready"
-    got = viewer.js("""async (cases) => {
+    got = viewer.js(
+        """async (cases) => {
         const { readAgm } = await import('./static/js/format/agm.js');
         const out = {};
         for (const [name, b64] of Object.entries(cases)) {
             const bin = atob(b64);
             const bytes = new Uint8Array(bin.length);
             for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-            try { readAgm(bytes.buffer, 'x.agm'); out[name] = 'accepted'; } catch (e) { out[name] = e.name + ': ' + e.message; }
+            try { readAgm(bytes.buffer, 'x.agm'); out[name] = 'accepted'; }
+            catch (e) { out[name] = e.name + ': ' + e.message; }
         }
         return out;
-    }""", {k: base64.b64encode(v).decode() for k, v in cases.items()})
+    }""",
+        {k: base64.b64encode(v).decode() for k, v in cases.items()},
+    )
     for name in cases:
         assert got[name].startswith("AgmFormatError: "), (name, got[name])
         if name == "json_syntax":  # the parser's own detail differs between the engines
@@ -431,7 +437,9 @@ def test_url_parameter_and_drag_and_drop_open_bundles(viewer, site):
             window.dispatchEvent(new DragEvent('dragenter', {dataTransfer: dt, cancelable: true}));
             window.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, cancelable: true}));
         }""", [url, filename])
-        viewer.page.wait_for_function(f"() => window.agora.label === {json.dumps(filename)} || window.agora.state === 'error'")
+        viewer.page.wait_for_function(
+            f"() => window.agora.label === {json.dumps(filename)} || window.agora.state === 'error'"
+        )
         return viewer.wait_ready()
 
     assert drop("bundles/dense_fp16.agm", "dropped.agm") == "ready"
@@ -442,7 +450,8 @@ def test_url_parameter_and_drag_and_drop_open_bundles(viewer, site):
     # a dropped .json is a driving sequence, mapped onto the bundle's parameters by name
     assert drop("bundles/head.agm", "head-again.agm") == "ready"
     viewer.js("""() => {
-        const seq = {num_frames: 3, params_dim: 2, fps: 10, names: ['jaw_x', 'notAParameter'], frames: [[0, 1], [0.2, 1], [0.4, 1]]};
+        const seq = {num_frames: 3, params_dim: 2, fps: 10, names: ['jaw_x', 'notAParameter'],
+                     frames: [[0, 1], [0.2, 1], [0.4, 1]]};
         const dt = new DataTransfer();
         dt.items.add(new File([JSON.stringify(seq)], 'mini.json', {type: 'application/json'}));
         window.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, cancelable: true}));
@@ -510,7 +519,9 @@ def test_portrait_phone_layout_and_touch(browser, site):
         assert canvas["width"] >= 380 and canvas["height"] >= 300
         assert panel["y"] >= canvas["y"] + canvas["height"] - 1  # panel below the canvas
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
-        size = page.evaluate("() => [document.getElementById('canvas').width, document.getElementById('canvas').height]")
+        size = page.evaluate(
+            "() => [document.getElementById('canvas').width, document.getElementById('canvas').height]"
+        )
         assert size[0] == round(canvas["width"] * 2)  # device pixels, capped at 2x
         img = drv.pixels()
         assert (np.abs(img - np.array(BACKGROUND)).max(-1) > 0.1).mean() > 0.1
@@ -540,7 +551,8 @@ def test_portrait_phone_layout_and_touch(browser, site):
             const c = document.getElementById('canvas');
             const ev = (type, x, y) => c.dispatchEvent(new PointerEvent(type, {pointerId: 3, pointerType: 'touch',
                 clientX: x, clientY: y, bubbles: true, cancelable: true, isPrimary: true}));
-            ev('pointerdown', 200, 300); ev('pointerup', 200, 300); ev('pointerdown', 202, 301); ev('pointerup', 202, 301);
+            ev('pointerdown', 200, 300); ev('pointerup', 200, 300);
+            ev('pointerdown', 202, 301); ev('pointerup', 202, 301);
         }""")
         assert np.allclose(page.evaluate("() => window.agora.getCamera()")["position"], cam0["position"])  # double tap
         # the panel collapses on a phone
@@ -567,12 +579,17 @@ GL_AUDIT = """
 (() => {
   const audit = window.__glAudit = {extensions: [], textures: [], filters: [], renderbuffers: [], blendTargets: []};
   const P = WebGL2RenderingContext.prototype;
-  const wrap = (name, fn) => { const orig = P[name]; P[name] = function (...a) { fn.call(this, ...a); return orig.apply(this, a); }; };
+  const wrap = (name, fn) => {
+    const orig = P[name];
+    P[name] = function (...a) { fn.call(this, ...a); return orig.apply(this, a); };
+  };
   wrap('getExtension', function (n) { audit.extensions.push(n); });
   wrap('texStorage2D', function (t, l, fmt, w, h) { audit.textures.push([fmt, w, h, 1]); });
   wrap('texStorage3D', function (t, l, fmt, w, h, d) { audit.textures.push([fmt, w, h, d]); });
   wrap('texImage2D', function (t, l, fmt, w, h) { audit.textures.push([fmt, w, h, 1]); });
-  wrap('texParameteri', function (t, p, v) { if (v === this.LINEAR || v === this.LINEAR_MIPMAP_LINEAR) audit.filters.push(v); });
+  wrap('texParameteri', function (t, p, v) {
+    if (v === this.LINEAR || v === this.LINEAR_MIPMAP_LINEAR) audit.filters.push(v);
+  });
   wrap('renderbufferStorage', function (t, fmt) { audit.renderbuffers.push(fmt); });
   wrap('framebufferTexture2D', function (t, att, tt, tex) { audit.blendTargets.push(tex ? tex.__fmt : null); });
   const st = P.texStorage2D;
@@ -621,9 +638,16 @@ def test_real_extracted_bundle_opens(browser, tmp_path):
 
     torch.manual_seed(0)
     gen = AgoraGenerator(get_preset("tiny"), builtin_head_model()).eval()
-    cfg = ExtractionConfig(num_samples=24, rank=4, seeds=(0,), batch_size=8,
-                           mlp=MLPTrainConfig(hidden=(16,), epochs=5, batch_size=8), fidelity_samples=2, render_samples=0,
-                           fidelity_size=16)
+    cfg = ExtractionConfig(
+        num_samples=24,
+        rank=4,
+        seeds=(0,),
+        batch_size=8,
+        mlp=MLPTrainConfig(hidden=(16,), epochs=5, batch_size=8),
+        fidelity_samples=2,
+        render_samples=0,
+        fidelity_size=16,
+    )
     result = extract_agora_m(gen, cfg, progress=False)
     agm = build_bundle(result, gen, {})
     path = tmp_path / "real.agm"
@@ -638,7 +662,9 @@ def test_real_extracted_bundle_opens(browser, tmp_path):
         _set(drv, params)
         got = drv.js("() => window.agora.readCoefficients()")
         for g, c in ref.coefficients(params).items():
-            np.testing.assert_allclose(got[g], c, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(c).max()) if len(c) else 1))
+            np.testing.assert_allclose(
+                got[g], c, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(c).max()) if len(c) else 1)
+            )
         web = drv.pixels()
         py = _python_render(ref, params, 0, ref.camera)
         save_png(web, "real_bundle_browser.png")

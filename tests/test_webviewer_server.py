@@ -13,12 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.agm import read_agm, write_agm
+from exporter.agm.synthetic import synthetic_bundle
 from exporter.cli.export import app as cli_app
 from webviewer import server as server_mod
 from webviewer.headless import ServerThread
 from webviewer.qr import qr_matrix, qr_terminal
 from webviewer.server import STATIC_DIR, banner, bundle_table, create_app
-from exporter.agm.synthetic import synthetic_bundle
 
 SECRET = "do-not-serve-this-secret"
 
@@ -86,7 +86,10 @@ def test_security_headers_and_no_debug(client, bundle_path):
     assert app.debug is False
     for path in ("/", "/static/js/viewer/main.js", "/bundles/avatar.agm", "/bundles", "/nope"):
         h = client.get(path).headers
-        assert "default-src 'self'" in h["Content-Security-Policy"] and "connect-src 'self'" in h["Content-Security-Policy"]
+        assert (
+            "default-src 'self'" in h["Content-Security-Policy"]
+            and "connect-src 'self'" in h["Content-Security-Policy"]
+        )
         assert h["X-Content-Type-Options"] == "nosniff"
         assert h["Cross-Origin-Opener-Policy"] == "same-origin"
         assert h["Cross-Origin-Embedder-Policy"] == "require-corp"
@@ -290,7 +293,9 @@ def test_demo_sequence_is_valid_and_drives_the_builtin_head(builtin_head):
     assert seq["params_dim"] == len(seq["names"]) and seq["num_frames"] == len(seq["frames"]) > 100
     frames = np.array(seq["frames"])
     assert frames.shape == (seq["num_frames"], seq["params_dim"]) and np.isfinite(frames).all()
-    ranges = np.concatenate([builtin_head.expression_ranges.numpy(), [[-0.1, 0.5], [-0.2, 0.2], [-0.2, 0.2], [0, 1], [0, 1]]])
+    ranges = np.concatenate(
+        [builtin_head.expression_ranges.numpy(), [[-0.1, 0.5], [-0.2, 0.2], [-0.2, 0.2], [0, 1], [0, 1]]]
+    )
     assert (frames >= ranges[:, 0] - 1e-6).all() and (frames <= ranges[:, 1] + 1e-6).all()
     names = seq["names"]
     assert frames[:, names.index("mouthSmileLeft")].max() > 0.8 and frames[:, names.index("eyeBlinkLeft")].max() > 0.9
@@ -316,7 +321,11 @@ def test_synthetic_bundles_are_valid_and_plausible(tmp_path):
     b = synthetic_bundle(1000, identities=2, ranks=(4, 3, 2, 0), hidden=(8, 6))
     stats = write_agm(b, tmp_path / "s.agm", quant="int8", sparse_threshold=1e-3)
     r = read_agm(tmp_path / "s.agm")
-    assert r.gaussian_count == 1000 and len(r.identities) == 2 and r.ranks == {"xyz": 4, "scale": 3, "rotation": 2, "opacity": 0}
+    assert (
+        r.gaussian_count == 1000
+        and len(r.identities) == 2
+        and r.ranks == {"xyz": 4, "scale": 3, "rotation": 2, "opacity": 0}
+    )
     assert 0.2 < stats.kept_fraction["xyz"] < 0.9  # the face moves, the back of the head does not
     g = r.identities[0].neutral
     assert float(g.means.norm(dim=-1).max()) < 0.15 and float(g.scales.min()) > 0

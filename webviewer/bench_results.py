@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from agora_core.types.io import atomic_write
 
@@ -35,7 +35,7 @@ class ResultError(ValueError):
 # ---------------------------------------------------------------------------- the schema
 # A spec is a type name ("str", "int", "num", "bool"), ("?", spec) for "spec or null",
 # ("list", spec, max_items), or a dict of key -> spec (exactly these keys).
-Spec = Union[str, tuple, dict]
+Spec = str | tuple | dict
 
 STATS: dict = {"median": "num", "p95": "num", "min": "num", "max": "num", "mean": "num",
                "samples": ("list", "num", MAX_SAMPLES)}

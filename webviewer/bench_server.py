@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from flask import Flask, abort, jsonify, request, send_from_directory
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -48,8 +47,8 @@ def wasm_csp(csp: str) -> str:
     return csp.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'", 1)
 
 
-def register_bench(app: Flask, static_dir: Path, csp: str, *, baseline: Optional[Baseline] = None,
-                   results_dir: Optional[Path] = None, ort_dir: Optional[Path] = None) -> None:
+def register_bench(app: Flask, static_dir: Path, csp: str, *, baseline: Baseline | None = None,
+                   results_dir: Path | None = None, ort_dir: Path | None = None) -> None:
     """Add the benchmark routes to the viewer app (see the module docstring)."""
     ort_root = Path(ort_dir or ort_dir_default()).resolve()
     bench_csp = wasm_csp(csp)
@@ -113,7 +112,7 @@ def register_bench(app: Flask, static_dir: Path, csp: str, *, baseline: Optional
         return jsonify({"saved": path.name}), 201
 
 
-def _read_limited(limit: int) -> Optional[bytes]:
+def _read_limited(limit: int) -> bytes | None:
     """The request body, or None if it is longer than ``limit`` bytes (at most ``limit + 1`` are read)."""
     request.max_content_length = limit + 1
     chunks, size = [], 0

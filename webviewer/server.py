@@ -23,9 +23,9 @@ import hashlib
 import mimetypes
 import socket
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 from urllib.parse import quote
 
 from flask import Flask, abort, jsonify, send_file, send_from_directory
@@ -199,7 +199,9 @@ def banner(table: dict[str, ServedBundle], host: str, port: int, *, lan: Sequenc
         addrs = list(lan_addresses() if lan is None else lan)
         if addrs:
             url = url_for_host(addrs[0], port) + page
-            lines.append(f"  on your network: {url}" + "".join(f"  (also {url_for_host(a, port)}{page})" for a in addrs[1:]))
+            lines.append(
+                f"  on your network: {url}" + "".join(f"  (also {url_for_host(a, port)}{page})" for a in addrs[1:])
+            )
             lines.append("  scan with your phone (same Wi-Fi):")
             lines.append(qr_terminal(url, ansi=ansi))
         else:

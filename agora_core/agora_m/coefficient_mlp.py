@@ -20,13 +20,13 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from agora_core.types.errors import AgoraError, require
 
@@ -89,7 +89,8 @@ class CoefficientMLP(nn.Module):
 
     @torch.no_grad()
     def fold_identity(self, w: torch.Tensor) -> torch.Tensor:
-        """First-layer bias with the latent folded in: ``b0 + W0[:, :w_dim] w`` (``[H0]``, or ``[I, H0]`` for ``[I, w_dim]``)."""
+        """First-layer bias with the latent folded in: ``b0 + W0[:, :w_dim] w`` (``[H0]``, or ``[I, H0]`` for
+        ``[I, w_dim]``)."""
         W0, b0 = self.plain_layers()[0]
         w = w.to(W0)
         return (w @ W0[:, :self.w_dim].T + b0) if w.dim() == 2 else (W0[:, :self.w_dim] @ w + b0)
@@ -178,7 +179,7 @@ def _group_slices(ranks: dict[str, int]) -> dict[str, slice]:
     return out
 
 
-def train_coefficient_mlp(*args, **kwargs) -> tuple["CoefficientMLP", "MLPReport"]:
+def train_coefficient_mlp(*args, **kwargs) -> tuple[CoefficientMLP, MLPReport]:
     """Fit the coefficient MLP (see :func:`_train_coefficient_mlp`). On the CPU it trains on one
     thread: its matrices are small, and two OpenMP threads on a CPU that another process keeps busy
     slow each step down 10-30x (measured: 0.05 s vs 1.6 s per epoch at the defaults)."""
@@ -241,7 +242,7 @@ def _train_coefficient_mlp(
     in_scale = torch.where(in_scale > 1e-6, in_scale, torch.ones_like(in_scale))
     out_shift = Yt.mean(0)
     out_scale = torch.ones(Y.shape[1])
-    for g, sl in slices.items():
+    for sl in slices.values():
         if sl.stop > sl.start:
             rms = float((Yt[:, sl] - out_shift[sl]).square().mean().sqrt())
             out_scale[sl] = rms if rms > 1e-12 else 1.0

@@ -51,18 +51,26 @@ class ExtractionConfig:
     seed: int = 0  # seed of the conditions, the MLP's validation split and its initialisation
 
     def validate(self) -> ExtractionConfig:
-        require(isinstance(self.num_samples, int) and self.num_samples >= 2, f"num_samples must be an integer >= 2, got {self.num_samples!r}")
+        require(
+            isinstance(self.num_samples, int) and self.num_samples >= 2,
+            f"num_samples must be an integer >= 2, got {self.num_samples!r}",
+        )
         resolve_ranks(self.rank, {g: 10**12 for g in GROUP_NAMES}, self.num_samples)
         require(self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}")
         require(len(self.seeds) >= 1, "at least one identity seed is needed")
         require(len(set(self.seeds)) == len(self.seeds), f"identity seeds must be distinct, got {list(self.seeds)}")
         require(0.0 <= self.truncation <= 1.0, f"truncation psi must be in [0, 1], got {self.truncation}")
         require(self.shape_std >= 0, f"shape_std must be >= 0, got {self.shape_std}")
-        require(self.oversampling is None or self.oversampling >= 0, f"oversampling must be >= 0, got {self.oversampling}")
+        require(
+            self.oversampling is None or self.oversampling >= 0, f"oversampling must be >= 0, got {self.oversampling}"
+        )
         require(self.mlp_samples is None or self.mlp_samples >= 2, f"mlp_samples must be >= 2, got {self.mlp_samples}")
         self.mlp.validate()
-        require(self.fidelity_samples >= 0 and 0 <= self.render_samples <= self.fidelity_samples,
-                f"need fidelity_samples >= 0 and 0 <= render_samples <= fidelity_samples, got {self.fidelity_samples}, {self.render_samples}")
+        require(
+            self.fidelity_samples >= 0 and 0 <= self.render_samples <= self.fidelity_samples,
+            "need fidelity_samples >= 0 and 0 <= render_samples <= fidelity_samples, "
+            f"got {self.fidelity_samples}, {self.render_samples}",
+        )
         require(self.fidelity_size >= 8, f"fidelity_size must be >= 8 pixels, got {self.fidelity_size}")
         require(self.checkpoint_every >= 1, "checkpoint_every must be positive")
         require(self.threads is None or self.threads >= 1, f"threads must be positive, got {self.threads}")

@@ -39,8 +39,8 @@ import hashlib
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -136,7 +136,9 @@ def malloc_cache(enable: bool = True):
         libc.malloc_trim(0)
 
 
-def _extract(generator: AgoraGenerator, config: ExtractionConfig, identities, prior, progress: bool) -> ExtractionResult:
+def _extract(
+    generator: AgoraGenerator, config: ExtractionConfig, identities, prior, progress: bool
+) -> ExtractionResult:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     generator = generator.eval()
@@ -156,7 +158,9 @@ def _extract(generator: AgoraGenerator, config: ExtractionConfig, identities, pr
         identities = sample_identities(generator, seeds, config.truncation, config.shape_std)
     prior = prior or make_prior(generator, config)
     if prior.condition_dim != head.condition_dim:
-        raise AgoraError(f"the expression prior makes {prior.condition_dim}-value conditions, the head needs {head.condition_dim}")
+        raise AgoraError(
+            f"the expression prior makes {prior.condition_dim}-value conditions, the head needs {head.condition_dim}"
+        )
     source = ResidualSource(generator, identities, prior, config.seed, device)
     timings["identities_s"] = time.perf_counter() - t
 
@@ -183,7 +187,9 @@ def _extract(generator: AgoraGenerator, config: ExtractionConfig, identities, pr
     # ---------------------------------------------------------------- pass 2: coefficient targets
     M = config.training_rows
     t = time.perf_counter()
-    coef, ev_exact, resumed2 = _project_rows(source, config, M, bases_flat, means_flat, ranks, progress_dir, base_fp, progress)
+    coef, ev_exact, resumed2 = _project_rows(
+        source, config, M, bases_flat, means_flat, ranks, progress_dir, base_fp, progress
+    )
     timings["projection_s"] = time.perf_counter() - t
 
     # ---------------------------------------------------------------- MLP
@@ -247,9 +253,21 @@ def _project_rows(source: ResidualSource, config: ExtractionConfig, M: int, base
     energy = {g: 0.0 for g in GROUP_NAMES}
     captured = {g: 0.0 for g in GROUP_NAMES}
     path = progress_dir / "projection_state.pt" if progress_dir is not None else None
-    fp = fingerprint_of({"base": base_fp, "M": M, "block": config.batch_size, "centre": config.centre,
-                         "bases": hashlib.sha256(b"".join(bases[g].cpu().numpy().tobytes() for g in GROUP_NAMES)).hexdigest()[:16]}) \
-        if path is not None else ""
+    fp = (
+        fingerprint_of(
+            {
+                "base": base_fp,
+                "M": M,
+                "block": config.batch_size,
+                "centre": config.centre,
+                "bases": hashlib.sha256(b"".join(bases[g].cpu().numpy().tobytes() for g in GROUP_NAMES)).hexdigest()[
+                    :16
+                ],
+            }
+        )
+        if path is not None
+        else ""
+    )
     row = 0
     if path is not None:
         state = load_state(path, fp)

@@ -1,7 +1,7 @@
 """AGORA-M against the full AGORA path on held-out tuples: attribute errors and render PSNR."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -52,9 +52,9 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 
@@ -111,10 +111,13 @@ class GroupSVD:
 
     @property
     def explained_variance_upper(self) -> float:
-        """Upper bound of the best rank-K explained variance (exact SVD): ``(sum_k sigma_k(B)^2 + K Delta) / |A|_F^2``."""
+        """Upper bound of the best rank-K explained variance (exact SVD):
+        ``(sum_k sigma_k(B)^2 + K Delta) / |A|_F^2``."""
         if self.total_energy <= 0:
             return 1.0
-        return float(min(1.0, (self.singular_values.double().square().sum() + self.rank * self.shrinkage) / self.total_energy))
+        return float(
+            min(1.0, (self.singular_values.double().square().sum() + self.rank * self.shrinkage) / self.total_energy)
+        )
 
 
 class FrequentDirections:
@@ -152,7 +155,9 @@ class FrequentDirections:
             raise ValueError(f"expected rows of shape [b, {self.dim}], got {tuple(rows.shape)}")
         rows = rows.to(device=self.device, dtype=self.dtype)
         if not bool(torch.isfinite(rows).all()):
-            raise AgoraError("the residual rows contain NaN or inf values (the generator produced non-finite attributes)")
+            raise AgoraError(
+                "the residual rows contain NaN or inf values (the generator produced non-finite attributes)"
+            )
         # per-row sums in the working precision, accumulated across rows in float64
         self.sq_norm += float(rows.square().sum(dim=1).double().sum())
         if self.col_sum is not None:
@@ -237,8 +242,16 @@ class FrequentDirections:
             basis = _complete_orthonormal(basis, k)
         sv = torch.zeros(rank, dtype=self.dtype, device=self.device)
         sv[:k] = svals[:k].to(self.dtype)
-        return GroupSVD(name=name, basis=basis, singular_values=sv.cpu(), sketch_singular_values=svals.to(self.dtype).cpu(),
-                        total_energy=float(total), shrinkage=float(self.shrinkage), rows=self.rows, mean=mean)
+        return GroupSVD(
+            name=name,
+            basis=basis,
+            singular_values=sv.cpu(),
+            sketch_singular_values=svals.to(self.dtype).cpu(),
+            total_energy=float(total),
+            shrinkage=float(self.shrinkage),
+            rows=self.rows,
+            mean=mean,
+        )
 
     def _sketch_svd(self, C: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top right singular vectors of the small sketch ``C`` via its Gram (10x faster than a dense SVD
@@ -281,8 +294,14 @@ class FrequentDirections:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        if int(state["dim"]) != self.dim or int(state["sketch_size"]) != self.sketch_size or bool(state["centre"]) != self.centre:
-            raise AgoraError("saved sketch state does not match this sketch (dimension, sketch size or centring differ)")
+        if (
+            int(state["dim"]) != self.dim
+            or int(state["sketch_size"]) != self.sketch_size
+            or bool(state["centre"]) != self.centre
+        ):
+            raise AgoraError(
+                "saved sketch state does not match this sketch (dimension, sketch size or centring differ)"
+            )
         self.filled = int(state["filled"])
         self.buffer.zero_()
         self.buffer[:self.filled] = state["buffer"].to(self.device, self.dtype)
@@ -512,7 +531,9 @@ def streaming_svd(
             row = stop
             blocks_done += 1
             if path is not None and (blocks_done % checkpoint_every == 0 or row == num_rows):
-                save_state(path, {"version": STATE_VERSION, "fingerprint": fp, "rows_done": row, "sketch": svd.state_dict()})
+                save_state(
+                    path, {"version": STATE_VERSION, "fingerprint": fp, "rows_done": row, "sketch": svd.state_dict()}
+                )
     results = svd.results(ranks)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from agora_core.types.errors import AgoraError
 from agora_core.generator.config import DEFAULT_PRESET, GeneratorConfig, get_preset
 from agora_core.generator.model import AgoraGenerator
 from agora_core.heads.model import HeadModel
 from agora_core.heads.sources import BUILTIN_HEAD, load_head_model
+from agora_core.types.errors import AgoraError
 from agora_core.types.io import atomic_write
 
 FORMAT = "agora-generator"
@@ -133,7 +133,9 @@ def load_generator(path: str | os.PathLike, head: HeadModel) -> AgoraGenerator:
         first = str(exc).strip().splitlines()[-1].strip()
         raise CheckpointError(f"{path}: weights do not fit the config: {first}") from None
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return generator
 
 

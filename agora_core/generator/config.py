@@ -29,7 +29,9 @@ class GeneratorConfig:
     pos_max: float = 0.25  # metres, bound of the identity branch's offset from the mesh (tanh)
     deform_pos_max: float = 0.025  # metres, bound of the deformation branch's offset (tanh)
     scale_max: float = 0.05  # metres, upper bound of a Gaussian's standard deviation
-    scale_init: float | None = None  # metres at zero output; None = 0.8 x the mean lattice spacing on the mesh (no gaps)
+    scale_init: float | None = (
+        None  # metres at zero output; None = 0.8 x the mean lattice spacing on the mesh (no gaps)
+    )
     deform_log_scale_max: float = 1.0  # bound of the log-scale residual (tanh)
     out_gain_position: float = 0.02  # initial output gains keep a fresh generator on the mesh surface
     out_gain_other: float = 0.25

@@ -6,8 +6,8 @@ An identity is ``w = M(z_from_seed(seed), camera)`` truncated towards the mean l
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -17,24 +17,37 @@ The identity branch runs once per identity (:meth:`AgoraGenerator.identity` retu
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agora_core.generator.config import GeneratorConfig
+from agora_core.generator.stylegan import EqualLinear, MappingNetwork, SynthesisBlock
+from agora_core.generator.uv_atlas import (
+    UVBaker,
+    UVSamples,
+    interpolate_on_mesh,
+    lattice_samples,
+    rasterize_uv,
+    sample_uv_maps,
+)
+from agora_core.heads.model import HeadModel
 from agora_core.types.camera import Camera, orbit_camera
 from agora_core.types.gaussians import Gaussians, axis_angle_to_quat, quat_multiply
 from agora_core.types.spec import CONDITION_TAIL, EYELID_NAMES, JAW_NAMES, normalize_quats
-from agora_core.heads.model import HeadModel
-from agora_core.generator.stylegan import EqualLinear, MappingNetwork, SynthesisBlock
-from agora_core.generator.config import GeneratorConfig
-from agora_core.generator.uv_atlas import UVBaker, UVSamples, interpolate_on_mesh, lattice_samples, rasterize_uv, sample_uv_maps
 
 # channel layout of the identity branch's UV maps
-MAIN_CHANNELS = {"position": slice(0, 3), "scale": slice(3, 6), "rotation": slice(6, 9), "sh": slice(9, 21), "opacity": slice(21, 22)}
+MAIN_CHANNELS = {
+    "position": slice(0, 3),
+    "scale": slice(3, 6),
+    "rotation": slice(6, 9),
+    "sh": slice(9, 21),
+    "opacity": slice(21, 22),
+}
 NUM_MAIN_CHANNELS = 22
 # channel layout of the deformation branch's residual maps
 DEFORM_CHANNELS = {"position": slice(0, 3), "scale": slice(3, 6), "rotation": slice(6, 9), "opacity": slice(9, 10)}
@@ -89,7 +102,7 @@ class Condition:
         return torch.cat((self.expression, self.jaw, self.eyelids), dim=-1)
 
     @staticmethod
-    def from_vector(vec: torch.Tensor, num_expression: int) -> "Condition":
+    def from_vector(vec: torch.Tensor, num_expression: int) -> Condition:
         vec = vec.reshape(-1, vec.shape[-1])
         E, J = num_expression, len(JAW_NAMES)
         if vec.shape[-1] != E + len(CONDITION_TAIL):
@@ -97,7 +110,7 @@ class Condition:
         return Condition(vec[:, :E], vec[:, E:E + J], vec[:, E + J:])
 
     @staticmethod
-    def neutral(batch: int, num_expression: int, device=None) -> "Condition":
+    def neutral(batch: int, num_expression: int, device=None) -> Condition:
         z = lambda n: torch.zeros(batch, n, device=device)  # noqa: E731
         return Condition(z(num_expression), z(len(JAW_NAMES)), z(len(EYELID_NAMES)))
 
@@ -113,7 +126,9 @@ def default_camera(width: int = 256, height: int = 256, target: tuple[float, flo
     return orbit_camera(0.0, 0.0, radius=1.0, target=target, fov_y_deg=14.0, width=width, height=height)
 
 
-def _output_init(gains: dict[str, float], biases: dict[str, float], layout: dict[str, slice], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _output_init(
+    gains: dict[str, float], biases: dict[str, float], layout: dict[str, slice], n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     gain = torch.ones(n)
     bias = torch.zeros(n)
     for key, sl in layout.items():
@@ -146,7 +161,9 @@ class SynthesisNetwork(nn.Module):
         self.feature_block = res.index(cfg.deform_feature_res)
         self.num_ws = sum(b.num_styles for b in self.blocks)
 
-    def forward(self, ws: torch.Tensor, shape_map: torch.Tensor, noise_mode: str = "const") -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, ws: torch.Tensor, shape_map: torch.Tensor, noise_mode: str = "const"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
         y = None
         features = None
@@ -184,7 +201,9 @@ class DeformationBranch(nn.Module):
             in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, w: torch.Tensor, condition: torch.Tensor, features: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+    def forward(
+        self, w: torch.Tensor, condition: torch.Tensor, features: torch.Tensor, noise_mode: str = "const"
+    ) -> torch.Tensor:
         style = w + self.embed(condition)
         x, y = features, None
         for block in self.blocks:
@@ -272,7 +291,9 @@ class AgoraGenerator(nn.Module):
         self.mapping.w_avg.copy_(self.mapping(z, c).mean(0))
 
     # ------------------------------------------------------------------ branches
-    def map(self, z: torch.Tensor, camera_cond: torch.Tensor | None = None, truncation_psi: float = 1.0) -> torch.Tensor:
+    def map(
+        self, z: torch.Tensor, camera_cond: torch.Tensor | None = None, truncation_psi: float = 1.0
+    ) -> torch.Tensor:
         """Mapping network ``M(z, camera) -> w``; the canonical camera when ``camera_cond`` is None."""
         if camera_cond is None:
             camera_cond = default_camera().conditioning().to(z.device).expand(z.shape[0], -1)
@@ -304,7 +325,9 @@ class AgoraGenerator(nn.Module):
             sh=a[..., c["sh"]].reshape(*a.shape[:2], 4, 3),
         )
 
-    def deformation_residuals(self, cache: IdentityCache, condition: Condition, noise_mode: str = "const") -> dict[str, torch.Tensor]:
+    def deformation_residuals(
+        self, cache: IdentityCache, condition: Condition, noise_mode: str = "const"
+    ) -> dict[str, torch.Tensor]:
         """Sampled, activated residuals of the deformation branch (the part AGORA-M replaces)."""
         d = self.deformation(cache.w, condition.vector(), cache.features, noise_mode)
         r = sample_uv_maps(d, self.samples)
@@ -344,8 +367,15 @@ class AgoraGenerator(nn.Module):
         verts = self.head(shape=cache.shape, expression=cond.expression, jaw=cond.jaw, eyelids=cond.eyelids)
         return self.compose(cache, residuals, verts)
 
-    def forward(self, z: torch.Tensor, camera_cond: torch.Tensor | None = None, shape: torch.Tensor | None = None,
-                condition: Condition | None = None, truncation_psi: float = 1.0, noise_mode: str = "const") -> Gaussians:
+    def forward(
+        self,
+        z: torch.Tensor,
+        camera_cond: torch.Tensor | None = None,
+        shape: torch.Tensor | None = None,
+        condition: Condition | None = None,
+        truncation_psi: float = 1.0,
+        noise_mode: str = "const",
+    ) -> Gaussians:
         """The full path: mapping, identity branch and expression path in one call."""
         w = self.map(z, camera_cond, truncation_psi)
         return self.animate(self.identity(w, shape, noise_mode), condition, noise_mode)

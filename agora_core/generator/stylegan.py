@@ -21,7 +21,9 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 class EqualLinear(nn.Module):
     """Fully connected layer with equalised learning rate and optional leaky-ReLU."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, bias_init: float = 0.0, lr_mul: float = 1.0, activate: bool = False):
+    def __init__(
+        self, in_dim: int, out_dim: int, *, bias_init: float = 0.0, lr_mul: float = 1.0, activate: bool = False
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
@@ -40,17 +42,23 @@ class MappingNetwork(nn.Module):
     Tracks the running mean of ``w`` for the truncation trick.
     """
 
-    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_layers: int, lr_mul: float = 0.01, w_avg_beta: float = 0.998):
+    def __init__(
+        self, z_dim: int, c_dim: int, w_dim: int, num_layers: int, lr_mul: float = 0.01, w_avg_beta: float = 0.998
+    ):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.embed_c = EqualLinear(c_dim, w_dim) if c_dim > 0 else None
         in_dim = z_dim + (w_dim if c_dim > 0 else 0)
         dims = [in_dim] + [w_dim] * num_layers
-        self.layers = nn.ModuleList(EqualLinear(a, b, lr_mul=lr_mul, activate=True) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(
+            EqualLinear(a, b, lr_mul=lr_mul, activate=True) for a, b in zip(dims[:-1], dims[1:])
+        )
         self.register_buffer("w_avg", torch.zeros(w_dim))
         self.w_avg_beta = w_avg_beta
 
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None, truncation_psi: float = 1.0, update_w_avg: bool = False) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, c: torch.Tensor | None, truncation_psi: float = 1.0, update_w_avg: bool = False
+    ) -> torch.Tensor:
         x = normalize_2nd_moment(z)
         if self.embed_c is not None:
             if c is None:
@@ -69,7 +77,9 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True, padding: int = 0) -> torch.Tensor:
+def modulated_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True, padding: int = 0
+) -> torch.Tensor:
     """StyleGAN2 weight (de)modulation, evaluated as one grouped convolution over the batch."""
     B, C_in, H, W = x.shape
     C_out = weight.shape[0]
@@ -106,7 +116,14 @@ class ToOutput(nn.Module):
     colours, opacity) start in a sensible range.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, style_dim: int, gain: torch.Tensor | None = None, bias_init: torch.Tensor | None = None):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        style_dim: int,
+        gain: torch.Tensor | None = None,
+        bias_init: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.affine = EqualLinear(style_dim, in_ch, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 1, 1))
@@ -137,8 +154,14 @@ class SynthesisBlock(nn.Module):
         self.to_out = ToOutput(out_ch, out_channels, style_dim, out_gain, out_bias)
         self.num_styles = 3
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, styles: torch.Tensor, cond: torch.Tensor | None = None,
-                noise_mode: str = "const") -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        skip: torch.Tensor | None,
+        styles: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        noise_mode: str = "const",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.first:
             x = upsample2x(x)
         if self.cond_ch:

@@ -115,7 +115,9 @@ def sample_uv_maps(maps: torch.Tensor, samples: UVSamples) -> torch.Tensor:
     return out[:, :, 0, :].transpose(1, 2)
 
 
-def interpolate_on_mesh(vertices: torch.Tensor, faces: torch.Tensor, face_idx: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
+def interpolate_on_mesh(
+    vertices: torch.Tensor, faces: torch.Tensor, face_idx: torch.Tensor, bary: torch.Tensor
+) -> torch.Tensor:
     """Barycentric interpolation of per-vertex values ``[B, V, C]`` at points -> ``[B, ..., C]``.
 
     ``face_idx``/``bary`` may have any leading shape (e.g. ``[G]`` points or ``[R, R]`` texels).

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from agora_core.types.errors import AgoraError
 from agora_core.heads.model import HeadModel
+from agora_core.types.errors import AgoraError
 
 # the authors' fitted-parameter layout: shape 300 | exp 50 | global 3 | jaw 3 | eyelid 2
 AUTHORS_LAYOUT = (("shape", 300), ("expression", 50), ("global", 3), ("jaw", 3), ("eyelids", 2))
@@ -138,11 +138,11 @@ class ExpressionPrior:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def for_head(cls, head: HeadModel, kind: str = "auto", **settings) -> "ExpressionPrior":
+    def for_head(cls, head: HeadModel, kind: str = "auto", **settings) -> ExpressionPrior:
         return cls(head, kind, PriorSettings(**settings))
 
     @classmethod
-    def from_file(cls, head: HeadModel, path: str | Path) -> "ExpressionPrior":
+    def from_file(cls, head: HeadModel, path: str | Path) -> ExpressionPrior:
         """Fitted parameters from a ``.npy`` file: ``N x condition_dim`` or the authors' ``N x 358`` layout."""
         path = Path(path)
         if path.suffix.lower() != ".npy":
@@ -292,7 +292,9 @@ def convert_parameters(arr: np.ndarray, head: HeadModel, name: str = "parameters
                 f"HeadModel.condition_names()) or {AUTHORS_WIDTH} columns (the AGORA release layout: "
                 + " | ".join(f"{k} {n}" for k, n in AUTHORS_LAYOUT) + ")")
     if arr.ndim != 2:
-        raise AgoraError(f"expression parameter file '{name}' must hold a 2-D N x D array, got shape {arr.shape}; {expected}")
+        raise AgoraError(
+            f"expression parameter file '{name}' must hold a 2-D N x D array, got shape {arr.shape}; {expected}"
+        )
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise AgoraError(f"expression parameter file '{name}' must hold real numbers, got dtype {arr.dtype}")
     if arr.shape[0] < 1:
@@ -305,10 +307,12 @@ def convert_parameters(arr: np.ndarray, head: HeadModel, name: str = "parameters
         out = arr
     elif D == AUTHORS_WIDTH:
         if not _is_pca_head(head.expression_names):
-            raise AgoraError(f"expression parameter file '{name}' is in the AGORA release layout ({AUTHORS_WIDTH} columns, "
-                             f"FLAME expression components) but head '{head.name}' has named units "
-                             f"({', '.join(head.expression_names[:3])}, ...); use a FLAME head or give {C} columns in "
-                             "this head's condition layout")
+            raise AgoraError(
+                f"expression parameter file '{name}' is in the AGORA release layout ({AUTHORS_WIDTH} columns, "
+                f"FLAME expression components) but head '{head.name}' has named units "
+                f"({', '.join(head.expression_names[:3])}, ...); use a FLAME head or give {C} columns in "
+                "this head's condition layout"
+            )
         offsets = np.cumsum([0] + [n for _, n in AUTHORS_LAYOUT])
         cols = {k: arr[:, offsets[i]:offsets[i + 1]] for i, (k, _) in enumerate(AUTHORS_LAYOUT)}
         exp = cols["expression"]

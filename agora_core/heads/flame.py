@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from agora_core.types.errors import AgoraError
 from agora_core.heads.model import JOINT_PARENTS, HeadModelData
 from agora_core.heads.safe_pickle import PickleConversionError, UnsafePickleError, safe_load
+from agora_core.types.errors import AgoraError
 
 __all__ = [
     "FlameFormatError",
@@ -174,7 +174,9 @@ def _check_kintree(table: np.ndarray, path: Path) -> None:
     parents = [int(p) for p in table[0]]
     parents[0] = -1  # stored as uint32 max (4294967295) in FLAME files
     if tuple(parents) != JOINT_PARENTS or list(table[1]) != list(range(NUM_JOINTS)):
-        raise FlameFormatError(f"{path}: 'kintree_table' {table.tolist()} is not FLAME's joint tree {list(JOINT_PARENTS)}")
+        raise FlameFormatError(
+            f"{path}: 'kintree_table' {table.tolist()} is not FLAME's joint tree {list(JOINT_PARENTS)}"
+        )
 
 
 def _find_next_to(model_path: Path, names: tuple[str, ...]) -> Path | None:
@@ -226,7 +228,9 @@ def _align_uv_faces(model_faces: np.ndarray, obj_faces: np.ndarray, obj_uv_faces
     for i, face in enumerate(model_faces.tolist()):
         hit = lookup.get(tuple(sorted(face)))
         if hit is None:
-            raise FlameFormatError(f"{path}: the OBJ's triangles do not match the FLAME model's faces (face {i} {face} missing)")
+            raise FlameFormatError(
+                f"{path}: the OBJ's triangles do not match the FLAME model's faces (face {i} {face} missing)"
+            )
         corner_uv = dict(zip(hit[0], hit[1]))
         out[i] = [corner_uv[v] for v in face]
     return out
@@ -242,7 +246,9 @@ def read_flame_uvs(uv_path: str | os.PathLike, model_faces: np.ndarray) -> tuple
         d = _read_mapping(path)
         missing = [k for k in ("vt", "ft") if k not in d]
         if missing:
-            raise FlameFormatError(f"{path}: not a FLAME texture file, missing key(s) {', '.join(repr(k) for k in missing)}")
+            raise FlameFormatError(
+                f"{path}: not a FLAME texture file, missing key(s) {', '.join(repr(k) for k in missing)}"
+            )
         vt, ft = _array(d, "vt", path, np.float64), _array(d, "ft", path, np.int64)
     if vt.ndim != 2 or vt.shape[1] < 2:
         raise FlameFormatError(f"{path}: 'vt' has shape {vt.shape}, expected Tx2")
@@ -375,7 +381,9 @@ def split_lips(loop: np.ndarray, verts: np.ndarray) -> LipLoop:
     N = len(loop)
     right, left = int(np.argmax(p[:, 0])), int(np.argmin(p[:, 0]))
     arc_a, arc_b = _arc(N, right, left), _arc(N, left, right)  # a: right->left, b: left->right
-    a_is_upper = p[arc_a[1:-1], 1].mean() >= p[arc_b[1:-1], 1].mean() if N > 4 else p[arc_a, 1].mean() >= p[arc_b, 1].mean()
+    a_is_upper = (
+        p[arc_a[1:-1], 1].mean() >= p[arc_b[1:-1], 1].mean() if N > 4 else p[arc_a, 1].mean() >= p[arc_b, 1].mean()
+    )
     theta = np.zeros(N)
     frac_a, frac_b = _arc_fraction(p[arc_a]), _arc_fraction(p[arc_b])
     if a_is_upper:  # upper from right (0) to left (pi); lower from left (pi) to right (2pi)
@@ -398,8 +406,11 @@ def split_lips(loop: np.ndarray, verts: np.ndarray) -> LipLoop:
 
 
 # ======================================================================================= UV free space
-def free_uv_rect(uvs: np.ndarray, uv_faces: np.ndarray, grid: int = 256, margin: int = 2) -> tuple[float, float, float, float]:
-    """Largest axis-aligned rectangle ``(u0, v0, u1, v1)`` of the unit UV square that no UV triangle's bounding box touches."""
+def free_uv_rect(
+    uvs: np.ndarray, uv_faces: np.ndarray, grid: int = 256, margin: int = 2
+) -> tuple[float, float, float, float]:
+    """Largest axis-aligned rectangle ``(u0, v0, u1, v1)`` of the unit UV square that no UV triangle's
+    bounding box touches."""
     occ = np.zeros((grid, grid), bool)  # [v row, u col]
     tri = np.clip(uvs[uv_faces], 0.0, 1.0)
     lo = np.clip(np.floor(tri.min(axis=1) * grid).astype(int) - margin, 0, grid)
@@ -434,7 +445,9 @@ def _histogram_rects(heights: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
-def _slots(rect: tuple[float, float, float, float], weights: list[float], gap: float = 0.06) -> list[tuple[float, float, float, float]]:
+def _slots(
+    rect: tuple[float, float, float, float], weights: list[float], gap: float = 0.06
+) -> list[tuple[float, float, float, float]]:
     """Split ``rect`` into side-by-side slots (along its longer side) proportional to ``weights``."""
     u0, v0, u1, v1 = rect
     pad_u, pad_v = (u1 - u0) * 0.04, (v1 - v0) * 0.04
@@ -498,7 +511,10 @@ def _cavity_piece(lips: LipLoop, verts: np.ndarray, weights: np.ndarray, offset:
     depth_axis = np.array([0.0, 0.0, -CAVITY_DEPTH * W])
     lip_pts = verts[lips.loop]
     # cross-section ellipse drawn at each lip vertex's own depth, so every ring stays behind its lip
-    ellipse = c + np.stack([CAVITY_ELLIPSE[0] * W * np.cos(lips.theta), CAVITY_ELLIPSE[1] * W * np.sin(lips.theta), lip_pts[:, 2] - c[2]], 1)
+    ellipse = c + np.stack(
+        [CAVITY_ELLIPSE[0] * W * np.cos(lips.theta), CAVITY_ELLIPSE[1] * W * np.sin(lips.theta), lip_pts[:, 2] - c[2]],
+        1,
+    )
     rings, ts = [], []
     for blend, scale, t in CAVITY_RINGS:
         rings.append((1 - blend) * lip_pts + blend * (c + scale * (ellipse - c)) + t * depth_axis)
@@ -582,7 +598,9 @@ def _teeth_topology(M: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(faces), np.array(uv_faces), np.array(side_uv + cap_uv, np.float64)
 
 
-def _orient_outward(verts: np.ndarray, faces: np.ndarray, uv_faces: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray]:
+def _orient_outward(
+    verts: np.ndarray, faces: np.ndarray, uv_faces: np.ndarray, M: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Flip tube triangles whose normal points into the tube (caps: back along the arch)."""
     centres = verts.reshape(M, 4, 3).mean(axis=1)
     tri = verts[faces]
@@ -660,16 +678,30 @@ def add_mouth_interior(rig: _Rig, lips: LipLoop, lower_joint: int = 2) -> dict[s
 
 
 # ======================================================================================= regions
-def _derived_regions(verts: np.ndarray, faces: np.ndarray, weights: np.ndarray, joints: np.ndarray, lips: LipLoop) -> dict[str, np.ndarray]:
+def _derived_regions(
+    verts: np.ndarray, faces: np.ndarray, weights: np.ndarray, joints: np.ndarray, lips: LipLoop
+) -> dict[str, np.ndarray]:
     """Approximate masks when ``FLAME_masks.pkl`` is not given (original vertices only)."""
     eyes = weights[:, 3] + weights[:, 4] > 0.5
     normals = vertex_normals(verts, faces)
     z_mid = 0.5 * (verts[:, 2].min() + verts[:, 2].max())
     eye_y, mouth_y = joints[3:5, 1].mean(), lips.centre[1]
     span = max(eye_y - mouth_y, 1e-6)
-    face = (normals[:, 2] > 0.3) & (verts[:, 2] > z_mid) & (verts[:, 1] > mouth_y - 1.2 * span) & (verts[:, 1] < eye_y + 1.3 * span) & ~eyes
+    face = (
+        (normals[:, 2] > 0.3)
+        & (verts[:, 2] > z_mid)
+        & (verts[:, 1] > mouth_y - 1.2 * span)
+        & (verts[:, 1] < eye_y + 1.3 * span)
+        & ~eyes
+    )
     scalp = ~face & ~eyes & ((verts[:, 1] > eye_y + 0.5 * span) | ((verts[:, 2] < z_mid) & (verts[:, 1] > mouth_y)))
-    return {"face": face, "eyes": eyes, "scalp": scalp, "left_eyeball": weights[:, 3] > 0.5, "right_eyeball": weights[:, 4] > 0.5}
+    return {
+        "face": face,
+        "eyes": eyes,
+        "scalp": scalp,
+        "left_eyeball": weights[:, 3] > 0.5,
+        "right_eyeball": weights[:, 4] > 0.5,
+    }
 
 
 def _regions(masks: dict[str, np.ndarray] | None, derived: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:

@@ -71,9 +71,18 @@ class HeadModelData:
         need(self.uv_faces.min() >= 0 and self.uv_faces.max() < len(self.uvs), "uv_faces index outside the UV range")
         need(self.J_regressor.shape == (J, V), f"J_regressor must be [{J},{V}], got {self.J_regressor.shape}")
         need(self.lbs_weights.shape == (V, J), f"lbs_weights must be [{V},{J}], got {self.lbs_weights.shape}")
-        need(self.shapedirs.ndim == 3 and self.shapedirs.shape[:2] == (V, 3), f"shapedirs must be [V,3,S], got {self.shapedirs.shape}")
-        need(self.exprdirs.ndim == 3 and self.exprdirs.shape[:2] == (V, 3), f"exprdirs must be [V,3,E], got {self.exprdirs.shape}")
-        need(self.posedirs.shape == (9 * (J - 1), V * 3), f"posedirs must be [{9 * (J - 1)},{V * 3}], got {self.posedirs.shape}")
+        need(
+            self.shapedirs.ndim == 3 and self.shapedirs.shape[:2] == (V, 3),
+            f"shapedirs must be [V,3,S], got {self.shapedirs.shape}",
+        )
+        need(
+            self.exprdirs.ndim == 3 and self.exprdirs.shape[:2] == (V, 3),
+            f"exprdirs must be [V,3,E], got {self.exprdirs.shape}",
+        )
+        need(
+            self.posedirs.shape == (9 * (J - 1), V * 3),
+            f"posedirs must be [{9 * (J - 1)},{V * 3}], got {self.posedirs.shape}",
+        )
         need(len(self.expression_names) == self.exprdirs.shape[2], "expression_names and exprdirs disagree")
         need(len(self.shape_names) == self.shapedirs.shape[2], "shape_names and shapedirs disagree")
         need(len(self.joint_names) == J, "joint_names and parents disagree")
@@ -230,7 +239,9 @@ class HeadModel(nn.Module):
 
     @staticmethod
     def _batch(*xs: torch.Tensor | None) -> int:
-        sizes = {int(torch.as_tensor(x).reshape(-1, torch.as_tensor(x).shape[-1]).shape[0]) for x in xs if x is not None}
+        sizes = {
+            int(torch.as_tensor(x).reshape(-1, torch.as_tensor(x).shape[-1]).shape[0]) for x in xs if x is not None
+        }
         sizes.discard(1)
         if len(sizes) > 1:
             raise ValueError(f"parameter batch sizes disagree: {sorted(sizes)}")

@@ -31,7 +31,8 @@ import _compat_pickle
 import io
 import os
 import pickle
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class _Stub:
 
     _qualified_name = "stub"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Stub":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Stub:
         obj = super().__new__(cls)
         obj._args = args
         obj._state = {}
@@ -69,7 +70,9 @@ class _Stub:
             merged.update(state[1] or {})
             state = merged
         if not isinstance(state, dict):
-            raise PickleConversionError(f"{self._qualified_name}: unexpected pickled state of type {type(state).__name__}")
+            raise PickleConversionError(
+                f"{self._qualified_name}: unexpected pickled state of type {type(state).__name__}"
+            )
         self._state = state
 
     def __repr__(self) -> str:
@@ -229,7 +232,9 @@ def _sparse_to_array(stub: SparseStub) -> np.ndarray:
     s = stub._state
     rows, cols = _sparse_shape(s)
     if rows < 0 or cols < 0 or rows * cols > MAX_DENSE_ELEMENTS:
-        raise PickleConversionError(f"sparse matrix {stub._qualified_name} of shape {rows}x{cols} is too large to densify")
+        raise PickleConversionError(
+            f"sparse matrix {stub._qualified_name} of shape {rows}x{cols} is too large to densify"
+        )
     data = _to_array(s.get("data"))
     dense = np.zeros((rows, cols), dtype=data.dtype if data.dtype != object else np.float64)
     try:

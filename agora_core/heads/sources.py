@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agora_core.types.errors import AgoraError
 from agora_core.heads.model import HeadModel
-
+from agora_core.types.errors import AgoraError
 
 BUILTIN_HEAD = "builtin"  # the source name of the head model that ships with the package
 

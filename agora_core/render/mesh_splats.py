@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from agora_core.types.camera import Camera
-from agora_core.types.gaussians import Gaussians, quat_multiply, quat_to_rotmat, rgb_to_sh_dc
 from agora_core.heads.model import HeadModel
 from agora_core.render.rasterizer import RenderOutput, rasterize
+from agora_core.types.camera import Camera
+from agora_core.types.gaussians import Gaussians, quat_multiply, quat_to_rotmat, rgb_to_sh_dc
 
 DEFAULT_SPACING = 0.005  # metres: edge of the equilateral triangle of a sample's sub-triangle area
 CULL_REGIONS = ("skin", "eyes")  # closed, outward-oriented parts: back-facing samples are dropped
@@ -67,7 +67,7 @@ class SurfaceSamples:
     def count(self) -> int:
         return int(self.face_idx.shape[0])
 
-    def to(self, device: torch.device | str) -> "SurfaceSamples":
+    def to(self, device: torch.device | str) -> SurfaceSamples:
         return SurfaceSamples(*(t.to(device) for t in (self.face_idx, self.bary, self.level, self.cullable)))
 
 
@@ -112,7 +112,9 @@ def surface_samples(
     local[_face_mask(head, hidden_regions)] = spacing / max(hidden_density, 1e-3)
     area = 0.5 * torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=-1).norm(dim=-1)
     equilateral_edge = torch.sqrt(area * 4.0 / math.sqrt(3.0))  # edge of the equilateral triangle of equal area
-    level = torch.maximum(torch.ceil(equilateral_edge / local), torch.ceil(edges.max(dim=1).values / (max_aspect * local)))
+    level = torch.maximum(
+        torch.ceil(equilateral_edge / local), torch.ceil(edges.max(dim=1).values / (max_aspect * local))
+    )
     level = level.clamp(min=1).long()
     cull_face = _face_mask(head, cull_regions)
     face_idx, bary = [], []

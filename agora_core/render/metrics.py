@@ -1,7 +1,7 @@
 """Image comparisons: PSNR, and the render PSNR of Gaussians against a reference under a set of views."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -240,7 +240,7 @@ class _Rows:
     x0: torch.Tensor  # [R] int64 first column
     ncols: torch.Tensor  # [R] int64 number of columns (>= 0)
 
-    def subset(self, index: torch.Tensor | slice) -> "_Rows":
+    def subset(self, index: torch.Tensor | slice) -> _Rows:
         return _Rows(*(t[index] for t in (self.gid, self.y, self.dy, self.x0, self.ncols)))
 
 

@@ -5,9 +5,9 @@ import math
 
 import torch
 
-from agora_core.types.camera import Camera, orbit_camera
 from agora_core.heads.model import HeadModel
 from agora_core.heads.sources import head_center, head_radius
+from agora_core.types.camera import Camera, orbit_camera
 
 
 def portrait_cameras(head: HeadModel, yaws_deg: list[float], pitches_deg: list[float] | None = None,

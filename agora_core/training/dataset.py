@@ -20,19 +20,22 @@ Every problem found while loading raises :class:`DatasetError` with a one-line m
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from agora_core.types.camera import Camera, camera_from_conditioning  # re-exported: the inverse of Camera.conditioning()
-from agora_core.types.errors import AgoraError
 from agora_core.heads.model import HeadModel, axis_angle_to_matrix
 from agora_core.heads.sources import head_center
+from agora_core.types.camera import (  # re-exported: the inverse of Camera.conditioning()
+    Camera,
+    camera_from_conditioning,
+)
+from agora_core.types.errors import AgoraError
 from agora_core.types.io import atomic_write
 
 FORMAT = "agora-dataset"
@@ -164,7 +167,9 @@ def _head_dims(head_name: str, head: HeadModel | None) -> tuple[int | None, int 
     return None, None
 
 
-def load_dataset_index(root: str | Path, head: HeadModel | None = None, json_name: str = "dataset.json") -> DatasetIndex:
+def load_dataset_index(
+    root: str | Path, head: HeadModel | None = None, json_name: str = "dataset.json"
+) -> DatasetIndex:
     """Read and validate ``root/dataset.json``. ``head`` is the head model the parameters belong
     to; it is needed for items in the authors' layout (SMIRK camera conversion) and checks the
     vector lengths (the built-in head is used when the file says ``"builtin"`` and none is given)."""
@@ -173,7 +178,9 @@ def load_dataset_index(root: str | Path, head: HeadModel | None = None, json_nam
     if not root.is_dir():
         raise DatasetError(f"dataset folder '{root}' not found")
     if not path.is_file():
-        raise DatasetError(f"dataset file '{path}' not found (an FFHQ-style folder needs a {json_name}; see docs/dataset.md)")
+        raise DatasetError(
+            f"dataset file '{path}' not found (an FFHQ-style folder needs a {json_name}; see docs/dataset.md)"
+        )
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -221,7 +228,9 @@ def load_dataset_index(root: str | Path, head: HeadModel | None = None, json_nam
         shapes.append(shape)
         conds.append(cond)
     if 0 < n_masks < len(items):
-        raise DatasetError(f"'{path}': {n_masks} of {len(items)} items have a 'mask'; give a mask for every image or none")
+        raise DatasetError(
+            f"'{path}': {n_masks} of {len(items)} items have a 'mask'; give a mask for every image or none"
+        )
     meta = {k: v for k, v in doc.items() if k != "items"}
     return DatasetIndex(
         root=root, head=head_name, images=images, masks=masks if n_masks else None,
@@ -247,7 +256,9 @@ def _authors_item(where: str, item: dict, head: HeadModel) -> tuple[np.ndarray, 
     if smirk[3] <= 0:
         raise _fail(where, f"'{key}' scale s must be positive, got {smirk[3]}")
     if not all(n.startswith("exp_") for n in head.expression_names):
-        raise _fail(where, f"the authors' layout holds FLAME expression components but head '{head.name}' has named units")
+        raise _fail(
+            where, f"the authors' layout holds FLAME expression components but head '{head.name}' has named units"
+        )
     S, E = head.num_shape, head.num_expression
     shape = np.zeros(S)
     shape[: min(S, 300)] = part["shape"][: min(S, 300)]
@@ -292,7 +303,9 @@ def _load_image(path: Path, resolution: int, mode: str) -> np.ndarray:
         with Image.open(path) as im:
             im = im.convert(mode)
             if im.size != (resolution, resolution):
-                im = im.resize((resolution, resolution), Image.Resampling.LANCZOS if mode == "RGB" else Image.Resampling.BILINEAR)
+                im = im.resize(
+                    (resolution, resolution), Image.Resampling.LANCZOS if mode == "RGB" else Image.Resampling.BILINEAR
+                )
             arr = np.array(im, dtype=np.uint8)  # a writable copy
     except OSError as exc:
         raise DatasetError(f"cannot read image '{path}': {exc}") from None
@@ -383,7 +396,9 @@ class HeadImageDataset(torch.utils.data.Dataset):
             out["mask"] = mask.float() / 255.0
         return out
 
-    def batch(self, indices: torch.Tensor | Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def batch(
+        self, indices: torch.Tensor | Sequence[int], device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
         """A whole batch at once (fast path for preloaded data): the same keys as ``__getitem__``."""
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
         if self.images is not None:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agora_core.types.errors import require
 from agora_core.generator.stylegan import SQRT2, EqualLinear, normalize_2nd_moment
+from agora_core.types.errors import require
 
 
 @dataclass
@@ -49,7 +49,9 @@ class DiscriminatorConfig:
 class EqualConv2d(nn.Module):
     """Convolution with equalised learning rate, optional leaky-ReLU and 2x average-pool downsampling."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, bias: bool = True, activate: bool = True, down: bool = False):
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, *, bias: bool = True, activate: bool = True, down: bool = False
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None

@@ -37,24 +37,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agora_core.types.camera import Camera, intrinsics, look_at
-from agora_core.training.dataset import dataset_document, float_list, write_dataset_json
 from agora_core.heads.expressions import ExpressionPrior
 from agora_core.heads.model import HeadModel
 from agora_core.heads.sources import head_center
+from agora_core.render.mesh_splats import DEFAULT_SPACING, MeshSplatter
+from agora_core.training.dataset import dataset_document, float_list, write_dataset_json
+from agora_core.types.camera import Camera, intrinsics, look_at
 from agora_core.types.errors import require
 from agora_core.types.io import atomic_write, to_uint8_image
-from agora_core.render.mesh_splats import DEFAULT_SPACING, MeshSplatter
 
-SKIN_TONES = np.array([  # very light ... very dark (sRGB)
-    (0.98, 0.84, 0.74), (0.93, 0.75, 0.63), (0.84, 0.62, 0.48), (0.71, 0.49, 0.35), (0.53, 0.35, 0.24), (0.34, 0.22, 0.15),
-])
+SKIN_TONES = np.array(
+    [  # very light ... very dark (sRGB)
+        (0.98, 0.84, 0.74),
+        (0.93, 0.75, 0.63),
+        (0.84, 0.62, 0.48),
+        (0.71, 0.49, 0.35),
+        (0.53, 0.35, 0.24),
+        (0.34, 0.22, 0.15),
+    ]
+)
 HAIR_COLORS = np.array([
     (0.05, 0.04, 0.04), (0.12, 0.08, 0.06), (0.25, 0.16, 0.10), (0.42, 0.28, 0.16), (0.72, 0.58, 0.38),
     (0.45, 0.18, 0.08), (0.62, 0.60, 0.58),
 ])
 HAIR_WEIGHTS = np.array([0.25, 0.25, 0.2, 0.12, 0.08, 0.05, 0.05])
-IRIS_COLORS = np.array([(0.25, 0.14, 0.07), (0.40, 0.26, 0.12), (0.35, 0.40, 0.22), (0.30, 0.45, 0.62), (0.45, 0.50, 0.52)])
+IRIS_COLORS = np.array(
+    [(0.25, 0.14, 0.07), (0.40, 0.26, 0.12), (0.35, 0.40, 0.22), (0.30, 0.45, 0.62), (0.45, 0.50, 0.52)]
+)
 IRIS_WEIGHTS = np.array([0.45, 0.2, 0.1, 0.17, 0.08])
 _SALT = 0x5E17
 
@@ -139,11 +148,21 @@ def draw_look(rng: np.random.Generator) -> dict[str, np.ndarray]:
         "cavity": np.clip(np.array([0.32, 0.10, 0.10]) * rng.uniform(0.6, 1.2), 0, 1),
         # scalars: hairline height above the eyes, brow height/thickness/arch/density, iris radius,
         # blush strength, stripe frequency, light direction (yaw, pitch), ambient
-        "scalars": np.array([
-            rng.uniform(0.052, 0.068), rng.uniform(0.016, 0.022), rng.uniform(0.0030, 0.0048), rng.uniform(0.001, 0.004),
-            rng.uniform(0.6, 1.0), rng.uniform(0.34, 0.42), rng.uniform(0.0, 0.07), rng.uniform(250.0, 500.0),
-            rng.uniform(-0.6, 0.6), rng.uniform(0.1, 0.6), rng.uniform(0.45, 0.65),
-        ]),
+        "scalars": np.array(
+            [
+                rng.uniform(0.052, 0.068),
+                rng.uniform(0.016, 0.022),
+                rng.uniform(0.0030, 0.0048),
+                rng.uniform(0.001, 0.004),
+                rng.uniform(0.6, 1.0),
+                rng.uniform(0.34, 0.42),
+                rng.uniform(0.0, 0.07),
+                rng.uniform(250.0, 500.0),
+                rng.uniform(-0.6, 0.6),
+                rng.uniform(0.1, 0.6),
+                rng.uniform(0.45, 0.65),
+            ]
+        ),
         "noise_freq": rng.normal(0.0, 1.0, (6, 3)) * rng.uniform(12.0, 40.0, (6, 1)),
         "noise_phase": rng.uniform(0.0, 2 * math.pi, 6),
         "noise_amp": rng.normal(0.0, 0.03, (6, 1)) + rng.normal(0.0, 0.006, (6, 3)),  # mostly brightness
@@ -195,7 +214,19 @@ class HeadTexturer:
         self.head = head
         self.splatter = splatter
         pts = splatter.template_points().float()  # [N, 3] on the template
-        names = ("skin", "face", "lips", "ears", "scalp", "neck", "eyes", "teeth", "tongue", "mouth_cavity", "eye_sockets")
+        names = (
+            "skin",
+            "face",
+            "lips",
+            "ears",
+            "scalp",
+            "neck",
+            "eyes",
+            "teeth",
+            "tongue",
+            "mouth_cavity",
+            "eye_sockets",
+        )
         masks = torch.stack([head.region_mask(n).float() for n in names], dim=-1).to(head.v_template.device)
         w = splatter.vertex_colors_to_samples(masks)[0]  # [N, R] soft region weights
         self.w = {n: w[:, k].cpu() for k, n in enumerate(names)}
@@ -233,7 +264,9 @@ class HeadTexturer:
         B = len(looks)
         T = lambda key: torch.tensor(np.stack([lk[key] for lk in looks]), dtype=torch.float32, device=device)  # noqa: E731
         sc = T("scalars")  # [B, 11]
-        col = {k: T(k)[:, None, :] for k in ("skin", "hair", "lips", "brow", "iris", "sclera", "teeth", "tongue", "cavity")}
+        col = {
+            k: T(k)[:, None, :] for k in ("skin", "hair", "lips", "brow", "iris", "sclera", "teeth", "tongue", "cavity")
+        }
         # skin with low-frequency variation and blush
         phase = torch.einsum("bkc,nc->bnk", T("noise_freq"), p) + T("noise_phase")[:, None, :]
         noise = torch.einsum("bnk,bkc->bnc", torch.sin(phase), T("noise_amp"))
@@ -248,7 +281,11 @@ class HeadTexturer:
         height, thick, arch, density = sc[:, 1, None], sc[:, 2, None], sc[:, 3, None], sc[:, 4, None]
         centre = height + arch * (1.0 - ((u - 0.004) / 0.024) ** 2)
         taper = thick * (1.0 - 0.45 * ((u + 0.018) / 0.046).clamp(0.0, 1.0))
-        band = self._smooth(taper - (v - centre).abs(), 0.0012) * self._smooth(u + 0.019, 0.002) * self._smooth(0.028 - u, 0.003)
+        band = (
+            self._smooth(taper - (v - centre).abs(), 0.0012)
+            * self._smooth(u + 0.019, 0.002)
+            * self._smooth(0.028 - u, 0.003)
+        )
         front = (p[:, 2] > -0.005).float()[None] * d["skin"][None] * (1.0 - d["ears"][None])
         brow_w = (band * front * density)[..., None]
         out = torch.lerp(out, col["brow"], brow_w)
@@ -256,7 +293,9 @@ class HeadTexturer:
         hairline = sc[:, 0, None]
         above = self._smooth(v - hairline, 0.004)
         sides = self._smooth(p[:, 2][None] - 0.0, 0.01)  # behind the temples the scalp mask takes over
-        hair_w = torch.maximum(d["scalp"][None].expand(B, -1), above * d["skin"][None] * (1.0 - d["ears"][None]) * (0.3 + 0.7 * sides))
+        hair_w = torch.maximum(
+            d["scalp"][None].expand(B, -1), above * d["skin"][None] * (1.0 - d["ears"][None]) * (0.3 + 0.7 * sides)
+        )
         hair_w = torch.maximum(hair_w, above * d["skin"][None] * (1.0 - d["ears"][None]) * (1.0 - d["face"][None]))
         stripes = 1.0 + 0.07 * torch.sin(sc[:, 7, None] * (p[None, :, 0] + 0.3 * p[None, :, 2]))
         out = torch.lerp(out, col["hair"] * stripes[..., None] * (1.0 + 0.5 * noise), hair_w[..., None].clamp(0.0, 1.0))
@@ -265,7 +304,11 @@ class HeadTexturer:
         iris_r = sc[:, 5, None]
         iris_w = self._smooth(iris_r - ang, 0.03)
         pupil_w = self._smooth(0.42 * iris_r - ang, 0.02)
-        eye_col = torch.lerp(col["sclera"].expand(B, p.shape[0], 3), col["iris"] * (0.8 + 0.4 * (ang / iris_r).clamp(0, 1))[..., None], iris_w[..., None])
+        eye_col = torch.lerp(
+            col["sclera"].expand(B, p.shape[0], 3),
+            col["iris"] * (0.8 + 0.4 * (ang / iris_r).clamp(0, 1))[..., None],
+            iris_w[..., None],
+        )
         eye_col = torch.lerp(eye_col, torch.full_like(eye_col, 0.03), pupil_w[..., None])
         out = torch.lerp(out, eye_col, d["eyes"][None, :, None])
         # mouth interior and eye sockets
@@ -373,7 +416,9 @@ def write_synthetic_dataset(
                     item["mask"] = f"masks/{i:08d}.png"
                     pending.append(pool.submit(_encode_png, alphas[k], out / item["mask"]))
                 p = batch.params[k]
-                item.update(camera=float_list(batch.cameras[k]), shape=float_list(p.shape), condition=float_list(p.condition))
+                item.update(
+                    camera=float_list(batch.cameras[k]), shape=float_list(p.shape), condition=float_list(p.condition)
+                )
                 items.append(item)
             bar.update(len(idx))
             done = [f for f in pending if f.done()]
@@ -383,7 +428,11 @@ def write_synthetic_dataset(
         for f in pending:
             f.result()
     bar.close()
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k not in ("device", "batch_size", "png_workers")}
+    config = {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in asdict(cfg).items()
+        if k not in ("device", "batch_size", "png_workers")
+    }
     doc = dataset_document("builtin", items, generator="agora synthetic heads", background=list(cfg.background),
                            resolution=cfg.resolution, synthetic=config)
     return write_dataset_json(out / "dataset.json", doc)

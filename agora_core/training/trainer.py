@@ -38,9 +38,10 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -148,7 +149,7 @@ class TrainConfig:
         return d
 
     @staticmethod
-    def from_dict(d: dict) -> "TrainConfig":
+    def from_dict(d: dict) -> TrainConfig:
         known = {f.name for f in fields(TrainConfig)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -299,7 +300,9 @@ def init_weights(G: AgoraGenerator, path: Path) -> None:
     missing, unexpected = G.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
     if missing or unexpected:
-        raise TrainingError(f"--init-from {path}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise TrainingError(
+            f"--init-from {path}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -332,7 +335,9 @@ class StepLosses:
 class Trainer:
     """Holds G, G_ema, D, their optimisers, the RNGs and the schedule position of one run."""
 
-    def __init__(self, cfg: TrainConfig, head: HeadModel, data: TrainingData, code_renderer: CodeRenderer | None = None):
+    def __init__(
+        self, cfg: TrainConfig, head: HeadModel, data: TrainingData, code_renderer: CodeRenderer | None = None
+    ):
         self.cfg = cfg.validate()
         self.device = resolve_device(cfg.device)
         self.data = data
@@ -340,7 +345,9 @@ class Trainer:
         self.code_renderer = code_renderer if code_renderer is not None else expression_code_image
         torch.manual_seed(cfg.seed)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convolutions: GAN training needs no fp32 exactness
+            torch.backends.cuda.matmul.allow_tf32 = (
+                True  # TF32 matmuls/convolutions: GAN training needs no fp32 exactness
+            )
             torch.backends.cudnn.allow_tf32 = True
         self.rng = torch.Generator().manual_seed(cfg.seed)
         gen_cfg = get_preset(cfg.preset, target_gaussians=self.stages[0].gaussians)
@@ -473,7 +480,9 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         fake = render_generator(self.G, z.to(self.device), fake_pose, res, self.background, backend=cfg.backend,
                                 update_w_avg=True)
-        g_adv = F.softplus(-self.D(self._d_input(self._faded(fake.image, fade), pose_idx, res), fake_pose.camera)).mean()
+        g_adv = F.softplus(
+            -self.D(self._d_input(self._faded(fake.image, fade), pose_idx, res), fake_pose.camera)
+        ).mean()
         regs = regularizers(self.G, fake)
         w = cfg.losses
         loss_g = (g_adv + w.position * regs["position"] + w.scale * regs["scale"]
@@ -493,7 +502,9 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         cfg = self.cfg
-        half_life = min(cfg.ema_kimg * 1000, self.images_seen * cfg.ema_rampup) if cfg.ema_rampup else cfg.ema_kimg * 1000
+        half_life = (
+            min(cfg.ema_kimg * 1000, self.images_seen * cfg.ema_rampup) if cfg.ema_rampup else cfg.ema_kimg * 1000
+        )
         beta = 0.5 ** (cfg.batch / max(half_life, 1e-8))
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
             p_ema.copy_(p.detach().lerp(p_ema, beta))
@@ -607,7 +618,9 @@ def export_run(paths: RunPaths, head: HeadModel, path: Path, half: bool = False,
     try:
         G_ema.load_state_dict(state["G_ema"])
     except RuntimeError:
-        raise TrainingError(f"{paths.state}: the EMA weights do not fit preset '{cfg.preset}' on head '{head.name}'") from None
+        raise TrainingError(
+            f"{paths.state}: the EMA weights do not fit preset '{cfg.preset}' on head '{head.name}'"
+        ) from None
     if gaussians is not None:
         G_ema.set_gaussian_count(gaussians)
     step, seen = int(state["step"]), int(state["images_seen"])
@@ -615,8 +628,15 @@ def export_run(paths: RunPaths, head: HeadModel, path: Path, half: bool = False,
 
 
 def write_config(cfg: TrainConfig, trainer: Trainer, paths: RunPaths) -> None:
-    doc = {"train": cfg.to_dict(), "generator": trainer.G.cfg.to_dict(), "discriminator": trainer.D.cfg.to_dict(),
-           "parameters": {"generator": trainer.G.parameter_counts()["total"], "discriminator": trainer.D.parameter_count()}}
+    doc = {
+        "train": cfg.to_dict(),
+        "generator": trainer.G.cfg.to_dict(),
+        "discriminator": trainer.D.cfg.to_dict(),
+        "parameters": {
+            "generator": trainer.G.parameter_counts()["total"],
+            "discriminator": trainer.D.parameter_count(),
+        },
+    }
     with atomic_write(paths.config, "w") as f:
         json.dump(doc, f, indent=2)
 

@@ -40,13 +40,13 @@ class Camera:
         t = self.viewmat[:, :3, 3:]
         return -(R.transpose(1, 2) @ t).squeeze(-1)
 
-    def to(self, *args, **kwargs) -> "Camera":
+    def to(self, *args, **kwargs) -> Camera:
         return Camera(self.viewmat.to(*args, **kwargs), self.K.to(*args, **kwargs), self.width, self.height)
 
-    def __getitem__(self, index) -> "Camera":
+    def __getitem__(self, index) -> Camera:
         return Camera(self.viewmat[index], self.K[index], self.width, self.height)
 
-    def resized(self, width: int, height: int) -> "Camera":
+    def resized(self, width: int, height: int) -> Camera:
         """The same view at another resolution (intrinsics scaled)."""
         K = self.K.clone()
         K[:, 0] *= width / self.width
@@ -67,7 +67,9 @@ def camera_from_conditioning(c: torch.Tensor, width: int, height: int | None = N
     c = torch.as_tensor(c)
     c = c.reshape(-1, c.shape[-1])
     if c.shape[-1] != 25:
-        raise ValueError(f"a camera vector has 25 values (cam-to-world 16 + normalised intrinsics 9), got {c.shape[-1]}")
+        raise ValueError(
+            f"a camera vector has 25 values (cam-to-world 16 + normalised intrinsics 9), got {c.shape[-1]}"
+        )
     height = width if height is None else height
     viewmat = torch.linalg.inv(c[:, :16].reshape(-1, 4, 4))
     K = c[:, 16:].reshape(-1, 3, 3).clone()
@@ -116,9 +118,16 @@ def orbit_camera(
     pitch = torch.deg2rad(torch.as_tensor(pitch_deg, dtype=torch.float32).reshape(-1))
     yaw, pitch = torch.broadcast_tensors(yaw, pitch)
     tgt = torch.tensor(target, dtype=torch.float32)
-    eye = torch.stack(
-        (radius * torch.cos(pitch) * torch.sin(yaw), radius * torch.sin(pitch), radius * torch.cos(pitch) * torch.cos(yaw)),
-        dim=-1,
-    ) + tgt
+    eye = (
+        torch.stack(
+            (
+                radius * torch.cos(pitch) * torch.sin(yaw),
+                radius * torch.sin(pitch),
+                radius * torch.cos(pitch) * torch.cos(yaw),
+            ),
+            dim=-1,
+        )
+        + tgt
+    )
     view = look_at(eye, tgt)
     return Camera(view, intrinsics(fov_y_deg, width, height, batch=eye.shape[0]), width, height)

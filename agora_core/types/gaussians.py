@@ -13,8 +13,8 @@ Leading dimensions are an optional batch; all fields share them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Callable, Sequence
 
 import torch
 
@@ -56,23 +56,23 @@ class Gaussians:
     def batch_shape(self) -> torch.Size:
         return self.means.shape[:-2]
 
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Gaussians":
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Gaussians:
         """Apply ``fn`` to every field (e.g. ``lambda t: t.to(device)``)."""
         return Gaussians(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
-    def to(self, *args, **kwargs) -> "Gaussians":
+    def to(self, *args, **kwargs) -> Gaussians:
         return self.map(lambda t: t.to(*args, **kwargs))
 
-    def detach(self) -> "Gaussians":
+    def detach(self) -> Gaussians:
         return self.map(lambda t: t.detach())
 
-    def __getitem__(self, index) -> "Gaussians":
+    def __getitem__(self, index) -> Gaussians:
         """Index the batch dimension(s): ``g[0]`` is the first avatar of a batch."""
         if not self.batch_shape:
             raise IndexError("Gaussians has no batch dimension to index")
         return self.map(lambda t: t[index])
 
-    def select(self, index: torch.Tensor) -> "Gaussians":
+    def select(self, index: torch.Tensor) -> Gaussians:
         """Keep a subset of Gaussians (``index`` along the Gaussian dimension)."""
         nb = len(self.batch_shape)
         return self.map(lambda t: t.index_select(nb, index.to(t.device)))

@@ -22,7 +22,8 @@ units (the built-in head: :data:`ARKIT_NAMES`; FLAME: ``exp_0..``); the tail is 
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, TypeVar
+from collections.abc import Mapping
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch

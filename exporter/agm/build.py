@@ -8,7 +8,7 @@ describes the file itself.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -95,7 +95,9 @@ def stored_fidelity(stored: AgmBundle, result: ExtractionResult, generator: Agor
     full = source.posed(ids, cond).map(lambda x: x.float().cpu())
     animated = Gaussians.stack([stored.animate(cond[i].numpy(), identity=int(ids[i])) for i in range(count)])
     report = {"samples": count, "attribute_mse": attribute_mse(animated, full)}
-    moving = torch.tensor([i for i in range(count) if float(cond[i].abs().sum()) > 0][:render_samples], dtype=torch.long)
+    moving = torch.tensor(
+        [i for i in range(count) if float(cond[i].abs().sum()) > 0][:render_samples], dtype=torch.long
+    )
     if len(moving):
         (p,) = render_psnr([animated[moving]], full[moving], fidelity_cameras(generator.head, yaws, size))
         report.update(render_psnr=float(p.mean()), render_psnr_min=float(p.min()), render_images=int(p.numel()))

@@ -33,7 +33,13 @@ def inspect_agm(source: str | os.PathLike | bytes, *, name: str | None = None) -
             continue
         off, length = s.get("offset"), s.get("length")
         crc_ok = None
-        if ck.is_kind(off, "int") and ck.is_kind(length, "int") and 0 <= off and length >= 0 and off + length <= file_length:
+        if (
+            ck.is_kind(off, "int")
+            and ck.is_kind(length, "int")
+            and 0 <= off
+            and length >= 0
+            and off + length <= file_length
+        ):
             crc_ok = zlib.crc32(data[off:off + length]) == s.get("crc32")
             lengths[str(s.get("name"))] = length
         sections.append({"name": s.get("name"), "dtype": s.get("dtype"), "shape": s.get("shape"),

@@ -7,7 +7,7 @@ sections (every offset a multiple of :data:`ALIGN`) with their dtype, shape and 
 from __future__ import annotations
 
 import struct
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

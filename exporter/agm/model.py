@@ -10,15 +10,21 @@ runtime constraints come from :mod:`agora_core.types.spec`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from agora_core.types.gaussians import Gaussians
-from agora_core.types.spec import (DEFAULT_CONSTRAINTS, GROUP_FIELDS, GROUP_NAMES, GROUPS, PARAMETER_GROUPS,
-                                   apply_constraints)
+from agora_core.types.spec import (
+    DEFAULT_CONSTRAINTS,
+    GROUP_FIELDS,
+    GROUP_NAMES,
+    GROUPS,
+    PARAMETER_GROUPS,
+    apply_constraints,
+)
 from exporter.agm.layout import ACTIVATIONS, DEFAULT_COORDINATES, VERSION
 
 

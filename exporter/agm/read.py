@@ -16,8 +16,19 @@ import torch
 
 from agora_core.types.gaussians import Gaussians
 from agora_core.types.spec import DEFAULT_CONSTRAINTS, GROUP_NAMES, GROUPS, PARAMETER_GROUPS
-from exporter.agm.layout import (ACTIVATIONS, ALIGN, DEFAULT_COORDINATES, DTYPES, MAGIC, MAX_INT, MAX_SHAPE_DIMS,
-                                 PREAMBLE, QUANT_DTYPE, VERSION, AgmFormatError)
+from exporter.agm.layout import (
+    ACTIVATIONS,
+    ALIGN,
+    DEFAULT_COORDINATES,
+    DTYPES,
+    MAGIC,
+    MAX_INT,
+    MAX_SHAPE_DIMS,
+    PREAMBLE,
+    QUANT_DTYPE,
+    VERSION,
+    AgmFormatError,
+)
 from exporter.agm.model import AgmBasis, AgmBundle, AgmIdentity, AgmLayer, AgmMLP
 
 
@@ -67,7 +78,9 @@ class _Checker:
             self.fail(f"header: missing the key {key!r}" if where == "header"
                       else f"header: {where} is missing the key {key!r}")
         value = obj[key]
-        path = repr(key) if where == "header" else f"{where} {key}" if where.startswith("section ") else f"{where}.{key}"
+        path = (
+            repr(key) if where == "header" else f"{where} {key}" if where.startswith("section ") else f"{where}.{key}"
+        )
         if value is None and nullable:
             return None
         if not self.is_kind(value, kind):

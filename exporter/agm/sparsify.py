@@ -14,7 +14,6 @@ from agora_core.agora_m.result import ExtractionResult
 from agora_core.types.spec import GROUP_NAMES
 from exporter.agm.model import AgmBundle
 
-
 # Changes below these are invisible at portrait resolutions (a 512 px view of a head is ~0.6 mm/px):
 # RMS position change (metres), RMS relative scale change, RMS quaternion change (~0.6 degrees),
 # RMS opacity change. A Gaussian whose expected change in a group stays below its tolerance keeps

@@ -10,7 +10,7 @@ differs per identity. Parameter names default to the built-in head's (52 ARKit u
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

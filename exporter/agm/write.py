@@ -6,16 +6,16 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
 
 from agora_core.types.io import atomic_write
 from agora_core.types.spec import DEFAULT_CONSTRAINTS, GROUP_NAMES, GROUPS
-from exporter.agm.layout import DTYPES, PREAMBLE, QUANT_DTYPE, MAGIC, VERSION, align, categories
+from exporter.agm.layout import DTYPES, MAGIC, PREAMBLE, QUANT_DTYPE, VERSION, align, categories
 from exporter.agm.model import AgmBasis, AgmBundle, as_numpy
 
 
@@ -151,8 +151,13 @@ def _header(bundle: AgmBundle, quant: str, sparse: bool, threshold: float | None
         "sh_degree": 1,
         "groups": [{"name": g, "dim": d, "rank": bundle.bases[g].rank} for g, d, _ in GROUPS],
         "parameters": [
-            {"name": str(p["name"]), "group": str(p["group"]), "min": float(p["min"]), "max": float(p["max"]),
-             "default": float(p["default"])}
+            {
+                "name": str(p["name"]),
+                "group": str(p["group"]),
+                "min": float(p["min"]),
+                "max": float(p["max"]),
+                "default": float(p["default"]),
+            }
             for p in bundle.parameters
         ],
         "quantization": {"bases": quant, "sparse": sparse, "sparse_threshold": threshold},
@@ -160,12 +165,20 @@ def _header(bundle: AgmBundle, quant: str, sparse: bool, threshold: float | None
         "mlp": {"layers": mlp_layers},
         "camera": _json_safe(bundle.camera),
         "coordinate_system": _json_safe(bundle.coordinate_system),
-        "identities": [{"name": str(i.name), "seed": None if i.seed is None else int(i.seed)} for i in bundle.identities],
+        "identities": [
+            {"name": str(i.name), "seed": None if i.seed is None else int(i.seed)} for i in bundle.identities
+        ],
         "fidelity": _json_safe(bundle.fidelity),
         "provenance": _json_safe(bundle.provenance),
         "sections": [
-            {"name": b.name, "dtype": b.dtype, "shape": list(b.shape), "offset": b.offset, "length": b.length,
-             "crc32": zlib.crc32(b.data)}
+            {
+                "name": b.name,
+                "dtype": b.dtype,
+                "shape": list(b.shape),
+                "offset": b.offset,
+                "length": b.length,
+                "crc32": zlib.crc32(b.data),
+            }
             for b in blobs
         ],
     }

@@ -8,15 +8,24 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
 from agora_core.agora_m.config import ExtractionConfig
 from agora_core.types.errors import AgoraError
-from exporter.cli.options import (MODEL_DEFAULTS, CheckpointOpt, HeadOpt, ModelOptions, Quant, fail, model_options,
-                                  require_suffix, user_errors)
+from exporter.cli.options import (
+    MODEL_DEFAULTS,
+    CheckpointOpt,
+    HeadOpt,
+    ModelOptions,
+    Quant,
+    fail,
+    model_options,
+    require_suffix,
+    user_errors,
+)
 
 app = typer.Typer(
     help="agora: animatable 3D Gaussian head avatars (AGORA / AGORA-M) from a generator to a phone browser.",
@@ -39,11 +48,16 @@ def presets(head: HeadOpt = MODEL_DEFAULTS.head) -> None:
     head_model = load_head_model(head)
     typer.echo(f"head model: {head_model.name} ({head_model.num_vertices} vertices, "
                f"{head_model.num_expression} expression units)")
-    typer.echo(f"{'preset':<10} {'UV plane':>8} {'lattice':>8} {'Gaussians':>10} {'identity params':>16} {'deform params':>14}")
+    typer.echo(
+        f"{'preset':<10} {'UV plane':>8} {'lattice':>8} {'Gaussians':>10} {'identity params':>16} {'deform params':>14}"
+    )
     for name, cfg in PRESETS.items():
         gen = AgoraGenerator(cfg, head_model)
         counts = gen.parameter_counts()
-        typer.echo(f"{name:<10} {cfg.uv_res:>8} {gen.lattice:>8} {gen.num_gaussians:>10,} {counts['identity']:>16,} {counts['deformation']:>14,}")
+        typer.echo(
+            f"{name:<10} {cfg.uv_res:>8} {gen.lattice:>8} {gen.num_gaussians:>10,} {counts['identity']:>16,} "
+            f"{counts['deformation']:>14,}"
+        )
 
 
 @app.command()
@@ -59,9 +73,9 @@ def preview(
     """Render the neutral avatar of each seed (one row per seed, one column per yaw)."""
     import torch
 
-    from agora_core.types.io import image_grid, save_png
     from agora_core.render.rasterizer import rasterize
     from agora_core.render.views import portrait_cameras
+    from agora_core.types.io import image_grid, save_png
 
     require_suffix(out, ".png")
     gen = model.load()
@@ -81,17 +95,22 @@ def preview(
 @model_options
 def gallery(
     out: Path = typer.Argument(..., help="PNG file to write."),
-    seed: list[int] = typer.Option([0, 1, 2, 3, 4, 5], "--seed", help="Identity seeds; repeat the option (one row each)."),
-    expression: Optional[list[str]] = typer.Option(
-        None, "--expression", help="Named expressions, one column each: neutral, smile, open, blink, surprise. "
-                                   "Default: every one the head model supports."),
+    seed: list[int] = typer.Option(
+        [0, 1, 2, 3, 4, 5], "--seed", help="Identity seeds; repeat the option (one row each)."
+    ),
+    expression: list[str] | None = typer.Option(
+        None,
+        "--expression",
+        help="Named expressions, one column each: neutral, smile, open, blink, surprise. "
+        "Default: every one the head model supports.",
+    ),
     model: ModelOptions = MODEL_DEFAULTS,
     size: int = typer.Option(160, min=16, max=1024, help="Size of each tile in pixels."),
     yaw: float = typer.Option(20.0, min=-90.0, max=90.0, help="Camera yaw in degrees."),
 ) -> None:
     """Render a seeds x expressions grid: the quick look at what a model generates and how it animates."""
-    from agora_core.types.io import save_png
     from agora_core.render.gallery import available_expressions, render_gallery
+    from agora_core.types.io import save_png
 
     require_suffix(out, ".png")
     gen = model.load()
@@ -132,7 +151,7 @@ def onnx(
     seed: int = typer.Option(42, help="Identity seed whose cached canonical attributes are baked in."),
     model: ModelOptions = MODEL_DEFAULTS,
     opset: int = typer.Option(17, min=13, max=21, help="ONNX opset."),
-    features_out: Optional[Path] = typer.Option(None, help="Also save the identity inputs (w, features) as .npz."),
+    features_out: Path | None = typer.Option(None, help="Also save the identity inputs (w, features) as .npz."),
 ) -> None:
     """Export the full AGORA expression path (deformation branch, blendshapes, jaw LBS, 3D lifting,
     composition) of one identity for onnxruntime: inputs condition/features/w, outputs Gaussians.
@@ -158,20 +177,42 @@ def onnx(
 @model_options
 def bundle(
     out: Path = typer.Argument(..., help=".agm bundle to write."),
-    seed: list[int] = typer.Option([42], "--seed", help="Identity seed(s); repeat for a multi-identity bundle sharing one set of bases."),
+    seed: list[int] = typer.Option(
+        [42], "--seed", help="Identity seed(s); repeat for a multi-identity bundle sharing one set of bases."
+    ),
     model: ModelOptions = MODEL_DEFAULTS,
-    samples: int = typer.Option(EXTRACTION.num_samples, min=2, help="N: (identity, expression) tuples sampled for the SVD."),
-    rank: int = typer.Option(EXTRACTION.rank, min=1, help="K: blendshapes kept per attribute group (xyz, scale, rotation, opacity)."),
+    samples: int = typer.Option(
+        EXTRACTION.num_samples, min=2, help="N: (identity, expression) tuples sampled for the SVD."
+    ),
+    rank: int = typer.Option(
+        EXTRACTION.rank, min=1, help="K: blendshapes kept per attribute group (xyz, scale, rotation, opacity)."
+    ),
     quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),
-    sparse: bool = typer.Option(True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."),
-    sparse_tolerance: float = typer.Option(1.0, min=0.0, help="With --sparse: multiplier of the visibility tolerances "
-                                           "(0.1 mm, 1 % scale, 0.005 quaternion, 0.005 opacity RMS change) below which "
-                                           "trailing blendshapes and still Gaussians are not stored; 0 keeps all that move."),
+    sparse: bool = typer.Option(
+        True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."
+    ),
+    sparse_tolerance: float = typer.Option(
+        1.0,
+        min=0.0,
+        help="With --sparse: multiplier of the visibility tolerances "
+        "(0.1 mm, 1 % scale, 0.005 quaternion, 0.005 opacity RMS change) below which "
+        "trailing blendshapes and still Gaussians are not stored; 0 keeps all that move.",
+    ),
     epochs: int = typer.Option(MLP.epochs, min=1, help="Training epochs of the coefficient MLP."),
-    mlp_hidden: str = typer.Option(",".join(map(str, MLP.hidden)), help="Hidden widths of the coefficient MLP, comma separated."),
-    centre: bool = typer.Option(EXTRACTION.centre, "--centre/--no-centre", help="Mean-centre residuals before the SVD (off: zero coefficients give exactly the neutral avatar)."),
-    prior_file: Optional[Path] = typer.Option(None, help="Expression prior from fitted parameters (.npy, N x D) instead of the built-in prior."),
-    progress_dir: Optional[Path] = typer.Option(None, help="Save progress here; re-running the same command resumes from it."),
+    mlp_hidden: str = typer.Option(
+        ",".join(map(str, MLP.hidden)), help="Hidden widths of the coefficient MLP, comma separated."
+    ),
+    centre: bool = typer.Option(
+        EXTRACTION.centre,
+        "--centre/--no-centre",
+        help="Mean-centre residuals before the SVD (off: zero coefficients give exactly the neutral avatar).",
+    ),
+    prior_file: Path | None = typer.Option(
+        None, help="Expression prior from fitted parameters (.npy, N x D) instead of the built-in prior."
+    ),
+    progress_dir: Path | None = typer.Option(
+        None, help="Save progress here; re-running the same command resumes from it."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Extract AGORA-M (Gaussian blendshapes + coefficient MLP) from the generator and write one
@@ -193,11 +234,21 @@ def bundle(
     except ValueError:
         raise AgoraError(f"--mlp-hidden must be comma-separated integers, got '{mlp_hidden}'") from None
     if rank > samples:
-        raise AgoraError(f"--rank {rank} is larger than --samples {samples}: an SVD of {samples} rows has at most {samples} components")
-    config = ExtractionConfig(num_samples=samples, rank=rank, seeds=tuple(seed), truncation=model.truncation,
-                              mlp=MLPTrainConfig(hidden=hidden, epochs=epochs), centre=centre,
-                              progress_dir=str(progress_dir) if progress_dir else None,
-                              prior="file" if prior_file else "auto", prior_file=str(prior_file) if prior_file else None).validate()
+        raise AgoraError(
+            f"--rank {rank} is larger than --samples {samples}: "
+            f"an SVD of {samples} rows has at most {samples} components"
+        )
+    config = ExtractionConfig(
+        num_samples=samples,
+        rank=rank,
+        seeds=tuple(seed),
+        truncation=model.truncation,
+        mlp=MLPTrainConfig(hidden=hidden, epochs=epochs),
+        centre=centre,
+        progress_dir=str(progress_dir) if progress_dir else None,
+        prior="file" if prior_file else "auto",
+        prior_file=str(prior_file) if prior_file else None,
+    ).validate()
     gen = model.load()
     result = extract_agora_m(gen, config, progress=not quiet)
     provenance = {"checkpoint_sha256": file_sha256(model.checkpoint) if model.checkpoint else None,
@@ -227,16 +278,27 @@ def bundle_summary(out: Path, result, agm, stats, elapsed: float) -> str:
     lines = [
         f"wrote {out}",
         f"  Gaussians {result.num_gaussians:,} x {len(agm.identities)} identity(ies), K = {agm.ranks}"
-        + ("" if agm.ranks == result.ranks else f" stored (of {result.ranks} extracted; the rest moves no Gaussian visibly)"),
+        + (
+            ""
+            if agm.ranks == result.ranks
+            else f" stored (of {result.ranks} extracted; the rest moves no Gaussian visibly)"
+        ),
         f"  explained variance: {ev}",
-        f"  MLP MSE (coefficient space): train {rep.train_mse:.3g}, val {rep.val_mse if rep.val_mse is not None else float('nan'):.3g}"
+        f"  MLP MSE (coefficient space): train {rep.train_mse:.3g}, "
+        f"val {rep.val_mse if rep.val_mse is not None else float('nan'):.3g}"
         f" (best epoch {rep.best_epoch}); val attribute MSE: {val_attr}",
     ]
     if "render_psnr_agora_m" in unq:
-        lines.append(f"  render PSNR vs full AGORA (held-out): {unq['render_psnr_agora_m']:.2f} dB unquantised, "
-                     f"{stored.get('render_psnr', float('nan')):.2f} dB as stored (neutral avatar: {unq['render_psnr_neutral']:.2f} dB)")
-    lines.append(f"  size {stats.total_bytes / 1e6:.2f} MB = {stats.bytes_per_gaussian:.1f} B/Gaussian "
-                 f"(bases {stats.basis_bytes_per_gaussian:.1f} B/Gaussian, kept {', '.join(f'{g} {100 * f:.0f}%' for g, f in stats.kept_fraction.items())})")
+        lines.append(
+            f"  render PSNR vs full AGORA (held-out): {unq['render_psnr_agora_m']:.2f} dB unquantised, "
+            f"{stored.get('render_psnr', float('nan')):.2f} dB as stored "
+            f"(neutral avatar: {unq['render_psnr_neutral']:.2f} dB)"
+        )
+    lines.append(
+        f"  size {stats.total_bytes / 1e6:.2f} MB = {stats.bytes_per_gaussian:.1f} B/Gaussian "
+        f"(bases {stats.basis_bytes_per_gaussian:.1f} B/Gaussian, "
+        f"kept {', '.join(f'{g} {100 * f:.0f}%' for g, f in stats.kept_fraction.items())})"
+    )
     lines.append(f"  time {elapsed:.1f} s")
     return "\n".join(lines)
 
@@ -275,7 +337,10 @@ def format_inspection(report: dict) -> str:
     ]
     for s in report.get("sections", []):
         crc = {True: "ok", False: "BAD", None: "n/a"}[s.get("crc_ok")]
-        lines.append(f"{str(s.get('name')):<28} {str(s.get('dtype')):>5} {str(s.get('shape')):>18} {s.get('bytes') or 0:>12,}  {crc}")
+        lines.append(
+            f"{str(s.get('name')):<28} {str(s.get('dtype')):>5} {str(s.get('shape')):>18} "
+            f"{s.get('bytes') or 0:>12,}  {crc}"
+        )
     if report.get("fidelity"):
         lines.append("fidelity: " + json.dumps(report["fidelity"]))
     if report.get("provenance"):
@@ -294,14 +359,14 @@ def serve(
     bench: bool = typer.Option(False, "--bench", help="Benchmark mode: also serve the ONNX baseline of the first "
                                "bundle's avatar (built from its provenance) for /bench, save the results phones "
                                "send, and print the URL/QR code of /bench."),
-    baseline_onnx: Optional[Path] = typer.Option(None, help="With --bench: use this `agora-export onnx` file as the "
+    baseline_onnx: Path | None = typer.Option(None, help="With --bench: use this `agora-export onnx` file as the "
                                                  "baseline instead of building one (needs --baseline-inputs)."),
-    baseline_inputs: Optional[Path] = typer.Option(None, help="With --baseline-onnx: its identity inputs "
+    baseline_inputs: Path | None = typer.Option(None, help="With --baseline-onnx: its identity inputs "
                                                    "(`agora-export onnx --features-out` .npz)."),
-    results_dir: Optional[Path] = typer.Option(None, help="With --bench: where posted results are saved "
+    results_dir: Path | None = typer.Option(None, help="With --bench: where posted results are saved "
                                                "(default: bench-results/ beside the first bundle)."),
     checkpoint: CheckpointOpt = None,
-    head: Annotated[Optional[str], typer.Option(help="With --bench, for a FLAME bundle: its head model file.")] = None,
+    head: Annotated[str | None, typer.Option(help="With --bench, for a FLAME bundle: its head model file.")] = None,
 ) -> None:
     """Serve the WebGL2 viewer and the given .agm bundle(s) (nothing else) until Ctrl-C."""
     from exporter.agm import read_agm
@@ -320,8 +385,8 @@ def serve(
     server.serve(bundles, host=host, port=port, echo=typer.echo, **options)
 
 
-def bench_serving(bundle_path: Path, baseline_onnx: Optional[Path], baseline_inputs: Optional[Path],
-                  results_dir: Optional[Path], checkpoint: Optional[Path], head: Optional[str]) -> dict:
+def bench_serving(bundle_path: Path, baseline_onnx: Path | None, baseline_inputs: Path | None,
+                  results_dir: Path | None, checkpoint: Path | None, head: str | None) -> dict:
     """``serve --bench``: the baseline matching the bundle, the results folder, a check of onnxruntime-web."""
     import time
 
@@ -342,8 +407,10 @@ def bench_serving(bundle_path: Path, baseline_onnx: Optional[Path], baseline_inp
         baseline = build_baseline(bundle_path, checkpoint=checkpoint, head=head)
     match = ("neutral avatar not compared (mean-centred bundle)" if baseline.match_max_m is None else
              f"matches the bundle's neutral avatar to {1e3 * baseline.match_max_m:.4f} mm")
-    typer.echo(f"baseline: {baseline.num_gaussians:,} Gaussians, {len(baseline.model) / 1e6:.1f} MB, {baseline.source}; "
-               f"{match} ({time.perf_counter() - t0:.1f} s)")
+    typer.echo(
+        f"baseline: {baseline.num_gaussians:,} Gaussians, {len(baseline.model) / 1e6:.1f} MB, {baseline.source}; "
+        f"{match} ({time.perf_counter() - t0:.1f} s)"
+    )
     folder = results_dir if results_dir is not None else bundle_path.resolve().parent / "bench-results"
     if folder.exists() and not folder.is_dir():
         raise AgoraError(f"--results-dir {folder} is not a directory")
@@ -354,16 +421,27 @@ def bench_serving(bundle_path: Path, baseline_onnx: Optional[Path], baseline_inp
 @app.command("import-official")
 @user_errors
 def import_official_cmd(
-    folder: Path = typer.Argument(..., help="The authors' AGORA-M web export folder (pca_basis_K<K>.bin[.gz], "
-                                            "base_attributes.bin, mlp_weights.json, camera_params.json, or seed_<N>/ "
-                                            "sub-folders; see docs/interop.md)."),
+    folder: Path = typer.Argument(
+        ...,
+        help="The authors' AGORA-M web export folder (pca_basis_K<K>.bin[.gz], "
+        "base_attributes.bin, mlp_weights.json, camera_params.json, or seed_<N>/ "
+        "sub-folders; see docs/interop.md).",
+    ),
     out: Path = typer.Argument(..., help=".agm bundle to write."),
-    svd: Optional[Path] = typer.Option(None, help="Their svd_basis.pt (float32 bases; default: FOLDER/svd_basis.pt if present)."),
-    mlp: Optional[Path] = typer.Option(None, help="Their mlp_regressor.pt (default: FOLDER/mlp_regressor.pt if present)."),
-    rank: Optional[int] = typer.Option(None, min=1, help="K: keep the first K bases per group (default: all of the largest basis file)."),
+    svd: Path | None = typer.Option(
+        None, help="Their svd_basis.pt (float32 bases; default: FOLDER/svd_basis.pt if present)."
+    ),
+    mlp: Path | None = typer.Option(None, help="Their mlp_regressor.pt (default: FOLDER/mlp_regressor.pt if present)."),
+    rank: int | None = typer.Option(
+        None, min=1, help="K: keep the first K bases per group (default: all of the largest basis file)."
+    ),
     quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),
-    sparse: bool = typer.Option(True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."),
-    sparse_tolerance: float = typer.Option(1.0, min=0.0, help="With --sparse: multiplier of the visibility tolerances."),
+    sparse: bool = typer.Option(
+        True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."
+    ),
+    sparse_tolerance: float = typer.Option(
+        1.0, min=0.0, help="With --sparse: multiplier of the visibility tolerances."
+    ),
 ) -> None:
     """Convert the authors' AGORA-M release (web export and/or svd_basis.pt + mlp_regressor.pt) into one .agm:
     their w_code folded into the MLP bias, their 55-value condition layout kept, baked RGB stored as SH DC."""
@@ -387,12 +465,20 @@ def import_official_cmd(
 @app.command()
 @user_errors
 def sequence(
-    src: Path = typer.Argument(..., help="Driving sequence: viewer/authors' JSON, SMIRK outputs (folder or .npz), "
-                                         "VHAP flame_param.npz (or folder), ARKit-52 CSV/JSON."),
+    src: Path = typer.Argument(
+        ...,
+        help="Driving sequence: viewer/authors' JSON, SMIRK outputs (folder or .npz), "
+        "VHAP flame_param.npz (or folder), ARKit-52 CSV/JSON.",
+    ),
     out: Path = typer.Argument(..., help="The viewer's sequence JSON to write."),
-    bundle: Optional[Path] = typer.Option(None, help="Match the sequence to this .agm's parameters by name: refuse a "
-                                                     "layout mismatch, write its parameters in its order."),
-    fps: Optional[float] = typer.Option(None, min=0.001, help="Frames per second (default: the file's, else the format's)."),
+    bundle: Path | None = typer.Option(
+        None,
+        help="Match the sequence to this .agm's parameters by name: refuse a "
+        "layout mismatch, write its parameters in its order.",
+    ),
+    fps: float | None = typer.Option(
+        None, min=0.001, help="Frames per second (default: the file's, else the format's)."
+    ),
     smooth: int = typer.Option(0, min=0, help="Savitzky-Golay smoothing window in frames (odd, >= 3; 0 = none)."),
     smooth_order: int = typer.Option(2, min=0, help="Polynomial order of the smoothing."),
 ) -> None:
@@ -408,8 +494,11 @@ def sequence(
         parameters = read_agm(bundle).parameters
     rep = convert_sequence(src, out, parameters=parameters, fps=fps, smooth=smooth, smooth_order=smooth_order)
     seq = rep.sequence
-    typer.echo(f"wrote {out} ({seq.num_frames} frames x {len(seq.names)} parameters at {seq.fps:g} fps, from {seq.source}"
-               + (f"; {rep.match.matched} parameters matched to {bundle.name}" if rep.match else "") + ")")
+    typer.echo(
+        f"wrote {out} ({seq.num_frames} frames x {len(seq.names)} parameters at {seq.fps:g} fps, from {seq.source}"
+        + (f"; {rep.match.matched} parameters matched to {bundle.name}" if rep.match else "")
+        + ")"
+    )
     for note in seq.notes:
         typer.echo(f"  {note}")
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -40,7 +41,7 @@ def _option(help: str, **kwargs: Any) -> dict:
 class ModelOptions:
     """Which generator a command runs and how it draws identities (one typer option per field)."""
 
-    checkpoint: Optional[Path] = field(default=None, metadata=_option(
+    checkpoint: Path | None = field(default=None, metadata=_option(
         "Generator checkpoint (.pt written by agora). Default: the built-in trained model (built-in head, "
         "preset small), else an untrained generator from --preset/--init-seed."))
     head: str = field(default=BUILTIN_HEAD, metadata=_option(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -34,7 +33,9 @@ TRAIN = TrainConfig(data="")
 @app.command()
 @user_errors
 def synth(
-    out: Path = typer.Argument(..., help="Folder to write (images/, masks/, dataset.json); must not hold a dataset yet."),
+    out: Path = typer.Argument(
+        ..., help="Folder to write (images/, masks/, dataset.json); must not hold a dataset yet."
+    ),
     num: int = typer.Option(SYNTH.num, min=1, help="Number of samples."),
     seed: int = typer.Option(SYNTH.seed, help="Seed: the same seed writes the same dataset."),
     resolution: int = typer.Option(SYNTH.resolution, min=16, max=2048, help="Image size in pixels."),
@@ -56,32 +57,60 @@ def synth(
 @user_errors
 def run(
     data: Path = typer.Argument(..., help="Dataset folder with dataset.json (see docs/dataset.md)."),
-    out: Path = typer.Option(Path("runs/agora"), help="Run folder: config.json, log.jsonl, samples/, checkpoints/, generator.pt."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (its saved config)."),
+    out: Path = typer.Option(
+        Path("runs/agora"), help="Run folder: config.json, log.jsonl, samples/, checkpoints/, generator.pt."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint (its saved config)."
+    ),
     preset: str = typer.Option(TRAIN.preset, help="Generator preset (see `agora-export presets`)."),
     head: HeadOpt = TRAIN.head,
     batch: int = typer.Option(TRAIN.batch, min=2, help="Images per step (real and fake each)."),
-    stages: Optional[str] = typer.Option(None, help="Schedule RESxGAUSSIANS:KIMG[+beta],... e.g. '64x4000:200,128x16000:300+beta' "
-                                                    "(+beta: Beta opacity loss). Default: the preset's two stages."),
+    stages: str | None = typer.Option(
+        None,
+        help="Schedule RESxGAUSSIANS:KIMG[+beta],... e.g. '64x4000:200,128x16000:300+beta' "
+        "(+beta: Beta opacity loss). Default: the preset's two stages.",
+    ),
     lr_g: float = typer.Option(TRAIN.lr_g, min=0.0, help="Generator learning rate (Adam)."),
     lr_d: float = typer.Option(TRAIN.lr_d, min=0.0, help="Discriminator learning rate (Adam)."),
     ema_kimg: float = typer.Option(TRAIN.ema_kimg, min=0.0, help="Half-life of the generator EMA in thousand images."),
     seed: int = typer.Option(TRAIN.seed, help="Seed of initial weights and of every random draw."),
     device: str = typer.Option(TRAIN.device, help="auto (CUDA if available), cpu, cuda, cuda:N."),
-    backend: str = typer.Option(TRAIN.backend, help="Rasterizer backend: auto (gsplat on CUDA when installed), torch, gsplat."),
-    max_minutes: Optional[float] = typer.Option(None, min=0.0, help="Stop (with a checkpoint) after this many minutes."),
-    fade_kimg: float = typer.Option(TRAIN.fade_kimg, min=0.0, help="Cross-fade D's input from the previous stage's resolution over "
-                                                        "this many thousand images after a resolution increase."),
-    init_from: Optional[Path] = typer.Option(None, help="Fine-tune: start the generator from this checkpoint "
-                                                        "(e.g. agora_core/data/builtin_generator.pt); D starts fresh."),
-    sample_every: int = typer.Option(TRAIN.sample_every, min=0, help="Steps between sample grids (0: only at the end)."),
-    checkpoint_every: int = typer.Option(TRAIN.checkpoint_every, min=0, help="Steps between checkpoints (0: only at the end)."),
+    backend: str = typer.Option(
+        TRAIN.backend, help="Rasterizer backend: auto (gsplat on CUDA when installed), torch, gsplat."
+    ),
+    max_minutes: float | None = typer.Option(None, min=0.0, help="Stop (with a checkpoint) after this many minutes."),
+    fade_kimg: float = typer.Option(
+        TRAIN.fade_kimg,
+        min=0.0,
+        help="Cross-fade D's input from the previous stage's resolution over "
+        "this many thousand images after a resolution increase.",
+    ),
+    init_from: Path | None = typer.Option(
+        None,
+        help="Fine-tune: start the generator from this checkpoint "
+        "(e.g. agora_core/data/builtin_generator.pt); D starts fresh.",
+    ),
+    sample_every: int = typer.Option(
+        TRAIN.sample_every, min=0, help="Steps between sample grids (0: only at the end)."
+    ),
+    checkpoint_every: int = typer.Option(
+        TRAIN.checkpoint_every, min=0, help="Steps between checkpoints (0: only at the end)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train the AGORA generator on a dataset (non-saturating GAN, R1, dual discrimination, EMA)."""
-    from agora_core.training.dataset import HeadImageDataset
     from agora_core.heads.sources import load_head_model
-    from agora_core.training.trainer import DatasetSource, LossWeights, RunPaths, open_run, parse_stages, run_config, train
+    from agora_core.training.dataset import HeadImageDataset
+    from agora_core.training.trainer import (
+        DatasetSource,
+        LossWeights,
+        RunPaths,
+        open_run,
+        parse_stages,
+        run_config,
+        train,
+    )
 
     paths = RunPaths(out)
     given = TrainConfig(
@@ -110,7 +139,7 @@ def export(
     run_dir: Path = typer.Argument(..., help="A training run folder (holds checkpoints/latest.pt)."),
     out: Path = typer.Argument(..., help="Generator checkpoint (.pt) to write: the EMA generator."),
     half: bool = typer.Option(False, "--half", help="Store weights as float16 (half the size)."),
-    gaussians: Optional[int] = typer.Option(None, min=1, help="Re-sample the UV lattice for about this many Gaussians "
+    gaussians: int | None = typer.Option(None, min=1, help="Re-sample the UV lattice for about this many Gaussians "
                                                               "(default: the count of the run's current stage)."),
 ) -> None:
     """Write the run's EMA generator as a checkpoint for `agora-export ... --checkpoint`."""
@@ -119,7 +148,9 @@ def export(
 
     require_suffix(out, ".pt")
     paths = RunPaths(run_dir)
-    path, step, seen = export_run(paths, load_head_model(read_run_config(paths).head), out, half=half, gaussians=gaussians)
+    path, step, seen = export_run(
+        paths, load_head_model(read_run_config(paths).head), out, half=half, gaussians=gaussians
+    )
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, step {step}, {seen / 1000:.1f} kimg)")
 
 

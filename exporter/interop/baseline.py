@@ -23,7 +23,6 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -44,7 +43,7 @@ class Baseline:
     condition_names: list[str] = field(repr=False)
     num_gaussians: int
     source: str  # how it was made (for the results)
-    match_max_m: Optional[float] = None  # max |neutral means ONNX - bundle|, None when not checked
+    match_max_m: float | None = None  # max |neutral means ONNX - bundle|, None when not checked
 
     @property
     def inputs_bytes(self) -> bytes:
@@ -87,21 +86,25 @@ def check_against_bundle(baseline: Baseline, bundle, identity: int = 0) -> Basel
     names = [p["name"] for p in bundle.parameters]
     missing = [n for n in names if n not in baseline.condition_names]
     if missing:
-        raise AgoraError(f"the ONNX baseline has no condition entry for the bundle's parameter(s) {', '.join(missing[:4])}")
+        raise AgoraError(
+            f"the ONNX baseline has no condition entry for the bundle's parameter(s) {', '.join(missing[:4])}"
+        )
     if bundle.provenance.get("centre"):
         return baseline  # a mean-centred bundle stores neutral + mean residual: no exact reference
     ours = _neutral_means(baseline.model, baseline.features, baseline.w, len(baseline.condition_names))
     theirs = bundle.identities[identity].neutral.means.detach().cpu().numpy()
     err = float(np.abs(ours - theirs).max())
     if not err <= MATCH_TOLERANCE_M:
-        raise AgoraError(f"the ONNX baseline is not the bundle's avatar (neutral positions differ by up to "
-                         f"{1e3 * err:.2f} mm): export it with the bundle's --checkpoint/--preset/--init-seed/--head and seed")
+        raise AgoraError(
+            f"the ONNX baseline is not the bundle's avatar (neutral positions differ by up to "
+            f"{1e3 * err:.2f} mm): export it with the bundle's --checkpoint/--preset/--init-seed/--head and seed"
+        )
     return Baseline(baseline.model, baseline.features, baseline.w, baseline.condition_names, baseline.num_gaussians,
                     baseline.source, err)
 
 
-def build_baseline(bundle_path: Path, *, identity: int = 0, checkpoint: Optional[Path] = None,
-                   head: Optional[str] = None) -> Baseline:
+def build_baseline(bundle_path: Path, *, identity: int = 0, checkpoint: Path | None = None,
+                   head: str | None = None) -> Baseline:
     """Export the expression path of the bundle's identity ``identity`` from its provenance and check it.
 
     ``checkpoint``/``head`` are needed when the bundle came from a checkpoint or a FLAME file (the
@@ -131,8 +134,11 @@ def build_baseline(bundle_path: Path, *, identity: int = 0, checkpoint: Optional
     with tempfile.TemporaryDirectory(prefix="agora_baseline_") as tmp:
         info = export_expression_path(gen, cache, Path(tmp) / "baseline.onnx")
         model = info.path.read_bytes()
-    source = (f"built from {Path(bundle_path).name}: preset {prov['generator_preset']}, seed {seed}, truncation "
-              f"{prov['truncation']}, " + (f"checkpoint {Path(checkpoint).name}" if checkpoint else f"init seed {prov.get('init_seed')}"))
+    source = (
+        f"built from {Path(bundle_path).name}: preset {prov['generator_preset']}, seed {seed}, truncation "
+        f"{prov['truncation']}, "
+        + (f"checkpoint {Path(checkpoint).name}" if checkpoint else f"init seed {prov.get('init_seed')}")
+    )
     baseline = Baseline(model, cache.features[:1].numpy().astype(np.float32), cache.w[:1].numpy().astype(np.float32),
                         info.condition_names, info.num_gaussians, source)
     return check_against_bundle(baseline, bundle, identity)

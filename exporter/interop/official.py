@@ -33,7 +33,6 @@ raises :class:`OfficialFormatError` with a one-line message naming the file and 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import math
 import re
@@ -41,6 +40,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -157,9 +157,16 @@ def read_neutral(path: str | Path) -> tuple[Gaussians, np.ndarray]:
     values = values.astype(np.float32)
     _finite(path, values[:, :14], "the neutral Gaussians")
     s = NEUTRAL_SLICES
-    scales, quats, opac, rgb = values[:, s["scales"]], values[:, s["quats"]], values[:, s["opacities"]][:, 0], values[:, s["rgb"]]
+    scales, quats, opac, rgb = (
+        values[:, s["scales"]],
+        values[:, s["quats"]],
+        values[:, s["opacities"]][:, 0],
+        values[:, s["rgb"]],
+    )
     if np.any(scales <= 0):
-        _fail(path, f"Gaussian {int(np.argwhere(scales <= 0)[0, 0])} has a non-positive scale (expected activated scales)")
+        _fail(
+            path, f"Gaussian {int(np.argwhere(scales <= 0)[0, 0])} has a non-positive scale (expected activated scales)"
+        )
     norms = np.linalg.norm(quats, axis=1)
     if np.any(norms < 1e-6):
         _fail(path, f"Gaussian {int(np.argmin(norms))} has a zero quaternion")
@@ -225,7 +232,9 @@ def _int_value(path: Path, obj: dict, key: str) -> int | None:
     return int(v)
 
 
-def read_svd_basis(path: str | Path, gaussian_count: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+def read_svd_basis(
+    path: str | Path, gaussian_count: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """``svd_basis.pt`` -> (``{group: float32 [K, G, d]}``, coefficient RMS per group or None).
 
     The coefficient RMS is ``S_k / sqrt(N_total)`` when the singular values and ``N_total`` are stored.
@@ -350,7 +359,9 @@ def read_mlp_json(path: str | Path) -> tuple[OfficialMLP, np.ndarray, int | None
             _fail(path, f"layers[{j}] must be an object with 'weight' and 'bias'")
         w_rows = layer["weight"]
         n_out = layer.get("out", len(w_rows) if isinstance(w_rows, list) else -1)
-        n_in = layer.get("in", len(w_rows[0]) if isinstance(w_rows, list) and w_rows and isinstance(w_rows[0], list) else -1)
+        n_in = layer.get(
+            "in", len(w_rows[0]) if isinstance(w_rows, list) and w_rows and isinstance(w_rows[0], list) else -1
+        )
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n_out, n_in)):
             _fail(path, f"layers[{j}]: 'in'/'out' must be positive integers")
         layers.append((_matrix(path, w_rows, (n_out, n_in), f"layers[{j}].weight"),
@@ -661,7 +672,8 @@ def import_official(root: str | Path, out: str | Path, *, quant: str = "int8", s
                     sparse_tolerance: float = 1.0, rank: int | None = None, svd: str | Path | None = None,
                     mlp_pt: str | Path | None = None) -> ImportReport:
     """Read a release folder and write it as an ``.agm`` (atomically), with this project's
-    quantisation (``int8``/``fp16``) and visibility-tolerance sparsity (:func:`exporter.agm.sparsify.sparsify_bases`)."""
+    quantisation (``int8``/``fp16``) and visibility-tolerance sparsity
+    (:func:`exporter.agm.sparsify.sparsify_bases`)."""
     release = read_release(root, rank=rank, svd=svd, mlp_pt=mlp_pt)
     bundle = release_to_bundle(release)
     kept, rms_source = None, None

@@ -63,8 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agora_core.types.errors import AgoraError
 from agora_core.generator.model import DEFORM_CHANNELS, AgoraGenerator, Condition, IdentityCache
+from agora_core.types.errors import AgoraError
 from agora_core.types.gaussians import Gaussians
 from agora_core.types.io import atomic_write
 
@@ -329,7 +329,11 @@ def onnx_feeds(cache: IdentityCache, condition: Condition | torch.Tensor | None,
     else:
         vec = condition.reshape(1, -1)
     np32 = lambda t: t.detach().to("cpu", torch.float32).contiguous().numpy()  # noqa: E731
-    return {"condition": np32(vec), "features": np32(cache.features[index:index + 1]), "w": np32(cache.w[index:index + 1])}
+    return {
+        "condition": np32(vec),
+        "features": np32(cache.features[index : index + 1]),
+        "w": np32(cache.w[index : index + 1]),
+    }
 
 
 def export_expression_path(generator: AgoraGenerator, cache: IdentityCache, path: str | os.PathLike, opset: int = 17,

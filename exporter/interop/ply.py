@@ -130,8 +130,10 @@ def read_ply(path: str | os.PathLike) -> Gaussians:
     required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", *TAIL_PROPERTIES]
     missing = [n for n in required if n not in props]
     if missing:
-        raise AgoraError(f"{path}: not a 3DGS PLY: element 'vertex' is missing propert{'y' if len(missing) == 1 else 'ies'} "
-                         f"{', '.join(repr(m) for m in missing)}")
+        raise AgoraError(
+            f"{path}: not a 3DGS PLY: element 'vertex' is missing propert{'y' if len(missing) == 1 else 'ies'} "
+            f"{', '.join(repr(m) for m in missing)}"
+        )
     rest_names = [n for n in props if n.startswith("f_rest_")]
     try:
         rest_idx = sorted(int(n[len("f_rest_"):]) for n in rest_names)

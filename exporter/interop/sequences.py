@@ -35,9 +35,9 @@ import json
 import math
 import re
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -50,8 +50,20 @@ AUTHORS_EXPRESSION = 50
 AUTHORS_DIM = AUTHORS_EXPRESSION + len(FLAME_TAIL)  # 55
 ARKIT_LOWER = {n.lower(): n for n in ARKIT_NAMES}
 # columns of ARKit captures that are head/eye pose, not expression units (dropped, reported)
-ARKIT_POSE_COLUMNS = {c.lower() for c in ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
-                                          "RightEyeYaw", "RightEyePitch", "RightEyeRoll")}
+ARKIT_POSE_COLUMNS = {
+    c.lower()
+    for c in (
+        "HeadYaw",
+        "HeadPitch",
+        "HeadRoll",
+        "LeftEyeYaw",
+        "LeftEyePitch",
+        "LeftEyeRoll",
+        "RightEyeYaw",
+        "RightEyePitch",
+        "RightEyeRoll",
+    )
+}
 ARKIT_META_COLUMNS = {"timecode", "blendshapecount", "time", "timestamp", "frame", "_neutral"}
 SMIRK_KEYS = {"expression": ("expression_params", "exp", "expression"),
               "jaw": ("jaw_params", "jawpose", "jaw", "jaw_pose"),
@@ -101,10 +113,13 @@ def flame_names(expression_count: int = AUTHORS_EXPRESSION) -> list[str]:
 
 
 def describe_layout(names: Sequence[str]) -> str:
-    """A short name of a parameter layout for messages: ``ARKit-52 (+ jaw, eyelids)``, ``FLAME (exp_0..exp_49 + ...)``."""
+    """A short name of a parameter layout for messages: ``ARKit-52 (+ jaw, eyelids)``,
+    ``FLAME (exp_0..exp_49 + ...)``."""
     names = list(names)
     s = set(names)
-    extras = [t for t, members in (("jaw", FLAME_TAIL[:3]), ("eyelids", FLAME_TAIL[3:])) if any(m in s for m in members)]
+    extras = [
+        t for t, members in (("jaw", FLAME_TAIL[:3]), ("eyelids", FLAME_TAIL[3:])) if any(m in s for m in members)
+    ]
     tail = f" + {', '.join(extras)}" if extras else ""
     arkit = sum(n in ARKIT_LOWER.values() for n in names)
     exps = sorted(int(m.group(1)) for n in names if (m := EXP_NAME.match(n)))
@@ -161,7 +176,9 @@ def match_layout(seq_names: Sequence[str], bundle_names: Sequence[str], label: s
     return LayoutMatch(index, matched, dropped, undriven)
 
 
-def to_bundle_frames(seq: DrivingSequence, parameters: Sequence[Mapping], label: str | None = None) -> tuple[np.ndarray, LayoutMatch]:
+def to_bundle_frames(
+    seq: DrivingSequence, parameters: Sequence[Mapping], label: str | None = None
+) -> tuple[np.ndarray, LayoutMatch]:
     """``[T, P]`` frames in the bundle's parameter order (undriven parameters at their default)."""
     names = [str(p["name"]) for p in parameters]
     match = match_layout(seq.names, names, label or seq.label)
@@ -471,7 +488,9 @@ def smirk_sequence(arrays: Mapping[str, np.ndarray], label: str, fps: float | No
                      f"{exp.shape[1]}")
     frames = np.concatenate([exp, jaw, lids], 1)
     _check_frames(label, frames)
-    return DrivingSequence(flame_names(AUTHORS_EXPRESSION), frames, _fps(label, fps, DEFAULT_FPS["smirk"]), "smirk", label)
+    return DrivingSequence(
+        flame_names(AUTHORS_EXPRESSION), frames, _fps(label, fps, DEFAULT_FPS["smirk"]), "smirk", label
+    )
 
 
 def vhap_sequence(arrays: Mapping[str, np.ndarray], label: str, fps: float | None) -> DrivingSequence:
@@ -560,8 +579,11 @@ def read_sequence(path: str | Path, *, fps: float | None = None) -> DrivingSeque
             return vhap_sequence(arrays, label, fps)
         if _pick(arrays, SMIRK_KEYS["expression"]):
             return smirk_sequence(arrays, label, fps)
-        _fail(label, f"an .npz with neither VHAP 'expr'/'jaw_pose' nor SMIRK expression_params/jaw_params/eyelid_params "
-                     f"arrays (has: {', '.join(sorted(arrays)[:6]) or 'nothing'})")
+        _fail(
+            label,
+            f"an .npz with neither VHAP 'expr'/'jaw_pose' nor SMIRK expression_params/jaw_params/eyelid_params "
+            f"arrays (has: {', '.join(sorted(arrays)[:6]) or 'nothing'})",
+        )
     if suffix == ".csv":
         return read_arkit_csv(_read_text(path), label, fps)
     if suffix == ".json":

@@ -48,7 +48,9 @@ def _sphere() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         phi = _ring_angle(r)
         for c in range(N_LON):
             lam = 2 * np.pi * c / N_LON
-            verts.append([RADIUS * np.sin(phi) * np.sin(lam), 1.2 * RADIUS * np.cos(phi), RADIUS * np.sin(phi) * np.cos(lam)])
+            verts.append(
+                [RADIUS * np.sin(phi) * np.sin(lam), 1.2 * RADIUS * np.cos(phi), RADIUS * np.sin(phi) * np.cos(lam)]
+            )
     verts.append([0.0, 1.2 * RADIUS, 0.0])
     pole = len(verts) - 1
     verts = np.asarray(verts)
@@ -56,7 +58,11 @@ def _sphere() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     def uv_id(r: int, c: int) -> int:  # UV grid has a seam column: N_LON + 1 per ring
         return r * (N_LON + 1) + c
 
-    uvs = [[0.05 + 0.9 * c / N_LON, 0.35 + 0.6 * (1 - _ring_angle(r) / np.pi)] for r in range(N_LAT) for c in range(N_LON + 1)]
+    uvs = [
+        [0.05 + 0.9 * c / N_LON, 0.35 + 0.6 * (1 - _ring_angle(r) / np.pi)]
+        for r in range(N_LAT)
+        for c in range(N_LON + 1)
+    ]
     pole_uv0 = len(uvs)
     uvs += [[0.05 + 0.9 * (c + 0.5) / N_LON, 0.97] for c in range(N_LON)]
     faces, uv_faces = [], []

@@ -1,7 +1,7 @@
 #version 300 es
 #include "common.glsl"
 // The splat pass, vertex stage: one screen-space quad per Gaussian, in the order the sorter gave
-// (back to front). Same conventions as agora_core/rasterizer.py: OpenCV pinhole camera, EWA
+// (back to front). Same conventions as agora_core/render/rasterizer.py: OpenCV pinhole camera, EWA
 // covariance with the Jacobian clipped to a frustum 1.3x the image, a 0.3 px^2 dilation with the
 // opacity compensation sqrt(det / det_dilated), SH degree 1 colour from the live camera + 0.5,
 // clamped at 0. The quad spans the alpha >= 1/255 ellipse (plus a pixel) along its axes.

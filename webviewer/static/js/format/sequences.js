@@ -1,6 +1,6 @@
 // Driving sequences in the browser: every format the viewer can open, turned into its own JSON
 // {num_frames, params_dim, fps, frames, names, source}, and the layout check by parameter name.
-// Same rules as exporter/sequences.py (docs/interop.md):
+// Same rules as exporter/interop/sequences.py (docs/interop.md):
 //  - .json: the viewer's / the authors' format (passed through), or ARKit-52 weights (a list of
 //    per-frame {name: value} objects, {fps, frames: [...]}, a column object {name: [values]}, or
 //    MediaPipe-style [{categoryName, score}] lists);

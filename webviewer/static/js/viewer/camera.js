@@ -1,4 +1,4 @@
-// Orbit camera in the project's convention (agora_core/camera.py): world metres, +Y up, face +Z;
+// Orbit camera in the project's convention (agora_core/types/camera.py): world metres, +Y up, face +Z;
 // the view matrix maps world to camera with OpenCV axes (+X right, +Y down, +Z forward), pinhole
 // intrinsics with the principal point at the image centre.
 

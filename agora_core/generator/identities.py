@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agora_core.generator.config import TRUNCATION_PSI
 from agora_core.generator.model import AgoraGenerator, IdentityCache, z_from_seed
 from agora_core.heads.expressions import seeded_rng
 from agora_core.types.errors import AgoraError
@@ -49,8 +50,8 @@ class IdentitySet:
         return [f"seed {s}" if s is not None else f"identity {i}" for i, s in enumerate(self.seeds)]
 
 
-def sample_identities(generator: AgoraGenerator, seeds: Sequence[int], truncation: float = 0.7, shape_std: float = 0.0,
-                      camera_cond: torch.Tensor | None = None) -> IdentitySet:
+def sample_identities(generator: AgoraGenerator, seeds: Sequence[int], truncation: float = TRUNCATION_PSI,
+                      shape_std: float = 0.0, camera_cond: torch.Tensor | None = None) -> IdentitySet:
     """Latents ``w = M(z_from_seed(seed), camera)`` truncated with ``psi``, plus shape ``beta``.
 
     ``beta`` is zero by default; with ``shape_std > 0`` it is ``shape_std * N(0, 1)`` drawn from the

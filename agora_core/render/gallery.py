@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from agora_core.generator.config import TRUNCATION_PSI
 from agora_core.generator.identities import identity_from_seed
 from agora_core.generator.model import AgoraGenerator, Condition
 from agora_core.heads.model import HeadModel
@@ -50,7 +51,7 @@ def named_condition(head: HeadModel, name: str) -> Condition:
 
 @torch.no_grad()
 def render_gallery(gen: AgoraGenerator, seeds: list[int], expressions: list[str], size: int = 192,
-                   yaw_deg: float = 20.0, truncation: float = 0.7, background: float = 1.0) -> torch.Tensor:
+                   yaw_deg: float = 20.0, truncation: float = TRUNCATION_PSI, background: float = 1.0) -> torch.Tensor:
     """One row per seed, one column per expression: ``[rows*size, cols*size, 3]`` in [0, 1]."""
     conditions = [named_condition(gen.head, e) for e in expressions]
     # the framing of the synthetic training data (agora_core.training.synthetic): 1 m from the head centre, 14 deg

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     from agora_core.generator.model import AgoraGenerator, IdentityCache
 
 
-def _option(help: str, **kwargs: Any) -> dict:
+def _option(help_text: str, **kwargs: Any) -> dict:
     """Field metadata: the keyword arguments of the field's ``typer.Option``."""
-    return {"typer": {"help": help, **kwargs}}
+    return {"typer": {"help": help_text, **kwargs}}
 
 
 @dataclass(frozen=True)

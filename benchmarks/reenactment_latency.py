@@ -23,7 +23,6 @@ import torch
 
 from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
 from agora_core.generator.checkpoint import build_generator
-from agora_core.generator.config import TRUNCATION_PSI
 from agora_core.generator.identities import identity_from_seed
 from agora_core.generator.model import Condition
 from agora_core.heads.expressions import ExpressionPrior
@@ -87,7 +86,7 @@ def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None,
 
     torch.manual_seed(0)
     gen = build_generator(None, head, preset)
-    cache = identity_from_seed(gen, 42, TRUNCATION_PSI)
+    cache = identity_from_seed(gen, 42)
     conds = ExpressionPrior.for_head(head).sample(range(frames), seed=1)
     G = gen.num_gaussians
     it = iter(range(10**9))

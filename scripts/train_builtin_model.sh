@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
-# Reproduces the built-in model agora_core/data/builtin_generator.pt on one CUDA GPU:
-# synthetic data from the built-in head -> agora-train -> float16 export -> gallery.
-# Usage: scripts/train_builtin_model.sh [WORK_DIR]   (env: NUM, STAGES, MINUTES, BATCH, DEVICE, GAUSSIANS)
-# The shipped model: NUM=4000 STAGES=64x4000:19.712 GAUSSIANS=16000 scripts/train_builtin_model.sh
+# Makes the shipped built-in model agora_core/data/builtin_generator.pt from nothing: the synthetic
+# teacher (procedurally textured built-in heads) distilled into the `small` AGORA generator
+# (docs/training.md, "The built-in model"). CPU by default; re-running it after an interruption
+# resumes the run from its last checkpoint (saved every 100 steps).
+# Usage: scripts/train_builtin_model.sh [--device cpu|cuda] [--out runs/builtin] [--steps 3000] [--threads N]
 set -euo pipefail
-WORK=${1:-work/builtin}
-NUM=${NUM:-10000}
-STAGES=${STAGES:-64x4000:120,128x16000:60+beta}
-MINUTES=${MINUTES:-}
-BATCH=${BATCH:-32}
-DEVICE=${DEVICE:-cuda}
-GAUSSIANS=${GAUSSIANS:-16000}
-budget=()
-if [ -n "$MINUTES" ]; then budget=(--max-minutes "$MINUTES"); fi
+cd "$(dirname "$0")/.."
+OUT=runs/builtin
+DEVICE=cpu
+STEPS=3000
+THREADS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --steps) STEPS=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "error: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+args=(--out "$OUT" --device "$DEVICE" --no-progress)
+if [ -n "$THREADS" ]; then args+=(--threads "$THREADS"); fi
 
-if [ ! -f "$WORK/synth/dataset.json" ]; then
-  time agora-train synth "$WORK/synth" --num "$NUM" --seed 0 --resolution 128 --device "$DEVICE" --batch 256
+if [ -f "$OUT/checkpoints/latest.pt" ]; then
+  time agora-train distill "${args[@]}" --resume
+else
+  time agora-train distill "${args[@]}" --steps "$STEPS"
 fi
-time agora-train run "$WORK/synth" --out "$WORK/run" --device "$DEVICE" --batch "$BATCH" --stages "$STAGES" \
-  --sample-every 200 --checkpoint-every 500 "${budget[@]}"
-agora-train export "$WORK/run" agora_core/data/builtin_generator.pt --half --gaussians "$GAUSSIANS"
-agora-export gallery "$WORK/gallery.png"
+agora-train export "$OUT" agora_core/data/builtin_generator.pt --half
+agora-export gallery docs/images/gallery.png --size 128

@@ -108,3 +108,17 @@ def test_group_layout_is_consistent():
     assert [p["name"] for p in tail] == list(spec.CONDITION_TAIL)
     assert all(p["group"] in spec.PARAMETER_GROUPS for p in tail)
     assert len(spec.ARKIT_NAMES) == len(set(spec.ARKIT_NAMES)) == 52
+
+
+def test_viewer_presets_are_the_python_ones():
+    """The viewer's expression presets (ARKit heads) are the ones the quality benchmark measures."""
+    from agora_core.render.gallery import VIEWER_PRESETS
+
+    js = (STATIC / "js/viewer/presets.js").read_text()
+    block = re.search(r"const ARKIT = (\{.*?\n\});", js, re.S).group(1)
+    as_json = re.sub(r'([{,]\s*)(\w+)\s*:', r'\1"\2":', block.replace("\n", " "))
+    as_json = re.sub(r",\s*}", "}", as_json)
+    parsed = json.loads(as_json)
+    order = re.search(r"const ORDER = (\[.*?\]);", js).group(1)
+    assert json.loads(order) == list(VIEWER_PRESETS)
+    assert parsed == {k: v for k, v in VIEWER_PRESETS.items() if k != "neutral"}

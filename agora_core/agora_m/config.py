@@ -5,7 +5,6 @@ from dataclasses import asdict, dataclass, field
 
 from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
 from agora_core.agora_m.streaming_svd import resolve_ranks
-from agora_core.generator.config import TRUNCATION_PSI
 from agora_core.heads.expressions import KINDS
 from agora_core.types.errors import require
 from agora_core.types.spec import GROUP_NAMES
@@ -25,7 +24,7 @@ class ExtractionConfig:
     num_samples: int = 1024  # N: rows of the SVD pass
     rank: int | dict[str, int] = 64  # K, or per group {"xyz": .., "scale": .., "rotation": .., "opacity": ..}
     seeds: tuple[int, ...] = (0, 1, 2, 3)  # identity seeds (the bases are shared across them)
-    truncation: float = TRUNCATION_PSI
+    truncation: float | None = None  # None: the model's default (AgoraGenerator.default_truncation)
     shape_std: float = 0.0  # beta = shape_std * N(0, 1) per identity; 0 = the mean head shape
     batch_size: int = 16  # rows per generator call (= a block of the streaming SVD)
     centre: bool = False  # mean-centre the residuals (off like the authors: zero coefficients = neutral)
@@ -59,7 +58,8 @@ class ExtractionConfig:
         require(self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}")
         require(len(self.seeds) >= 1, "at least one identity seed is needed")
         require(len(set(self.seeds)) == len(self.seeds), f"identity seeds must be distinct, got {list(self.seeds)}")
-        require(0.0 <= self.truncation <= 1.0, f"truncation psi must be in [0, 1], got {self.truncation}")
+        require(self.truncation is None or 0.0 <= self.truncation <= 1.0,
+                f"truncation psi must be in [0, 1], got {self.truncation}")
         require(self.shape_std >= 0, f"shape_std must be >= 0, got {self.shape_std}")
         require(
             self.oversampling is None or self.oversampling >= 0, f"oversampling must be >= 0, got {self.oversampling}"

@@ -171,7 +171,11 @@ def build_generator(checkpoint: str | os.PathLike | None, head: HeadModel, prese
 
 
 def load_model(checkpoint: str | os.PathLike | None, head: str = BUILTIN_HEAD, preset: str = DEFAULT_PRESET,
-               init_seed: int = 0) -> AgoraGenerator:
+               init_seed: int = 0, gaussians: int | None = None) -> AgoraGenerator:
     """Head model (``"builtin"`` or a FLAME file) + generator, as every model command loads them
-    (see :func:`build_generator`)."""
-    return build_generator(checkpoint, load_head_model(head), preset, init_seed)
+    (see :func:`build_generator`); ``gaussians`` re-samples the UV lattice for about that many
+    Gaussians (the networks do not depend on the count)."""
+    gen = build_generator(checkpoint, load_head_model(head), preset, init_seed)
+    if gaussians is not None:
+        gen.set_gaussian_count(gaussians)
+    return gen

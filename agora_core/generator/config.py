@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from agora_core.generator.identity_map import IDENTITY_MAPS
 from agora_core.types.errors import require
 
 TRUNCATION_PSI = 0.7  # default truncation of identity latents towards the mean latent (1 = none)
@@ -36,6 +37,9 @@ class GeneratorConfig:
     out_gain_position: float = 0.02  # initial output gains keep a fresh generator on the mesh surface
     out_gain_other: float = 0.25
     opacity_init_logit: float = 2.0
+    mean_maps: bool = False  # + a learned per-texel bias of the identity branch's UV maps (the mean identity)
+    identity_basis: int = 0  # K > 0: + K learned UV maps weighted by a linear map of w (low-rank identity variation)
+    identity_map: str = ""  # "teacher-v1": the latent of a seed is a teacher identity, shape included (identity_map.py)
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
@@ -50,6 +54,9 @@ class GeneratorConfig:
             v = getattr(self, name)
             require(v >= 4 and (v & (v - 1)) == 0, f"GeneratorConfig.{name} must be a power of two >= 4, got {v}")
         require(4 <= self.deform_feature_res < self.uv_res, "deform_feature_res must be below uv_res")
+        require(self.identity_basis >= 0, f"GeneratorConfig.identity_basis must be >= 0, got {self.identity_basis}")
+        require(self.identity_map in IDENTITY_MAPS,
+                f"unknown identity map '{self.identity_map}' (known: {', '.join(repr(m) for m in IDENTITY_MAPS)})")
         return self
 
     def to_dict(self) -> dict:
@@ -63,7 +70,7 @@ PRESETS: dict[str, GeneratorConfig] = {
     "paper-256": GeneratorConfig(name="paper-256", target_gaussians=65_000),
     # sized for the built-in model trained on a CPU or one GPU (~16K Gaussians)
     "small": GeneratorConfig(name="small", z_dim=256, w_dim=256, uv_res=128, target_gaussians=16_000,
-                             channel_base=8192, channel_max=256, deform_feature_res=32, deform_channel_max=128),
+                             channel_base=4096, channel_max=256, deform_feature_res=32, deform_channel_max=128),
     # for tests: runs in milliseconds
     "tiny": GeneratorConfig(name="tiny", z_dim=32, w_dim=32, mapping_layers=2, uv_res=32, target_gaussians=600,
                             channel_base=512, channel_max=32, deform_feature_res=8, deform_channel_max=16),

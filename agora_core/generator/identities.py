@@ -12,26 +12,38 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agora_core.generator.config import TRUNCATION_PSI
 from agora_core.generator.model import AgoraGenerator, IdentityCache, z_from_seed
 from agora_core.heads.expressions import seeded_rng
 from agora_core.types.errors import AgoraError
 
 
-def latents_from_seeds(generator: AgoraGenerator, seeds: Sequence[int], truncation: float,
-                       camera_cond: torch.Tensor | None = None) -> torch.Tensor:
-    """``w [len(seeds), w_dim]``: the mapped, truncated latents of ``seeds`` (canonical camera by default)."""
+def seed_latents(generator: AgoraGenerator, seeds: Sequence[int]) -> torch.Tensor:
+    """``z [len(seeds), z_dim]`` of ``seeds`` on the generator's device."""
     device = next(generator.parameters()).device
-    z = torch.cat([z_from_seed(s, generator.cfg.z_dim) for s in seeds]).to(device)
-    cond = camera_cond.to(device).expand(len(seeds), -1) if camera_cond is not None else None
+    return torch.cat([z_from_seed(s, generator.cfg.z_dim) for s in seeds]).to(device)
+
+
+def resolve_truncation(generator: AgoraGenerator, truncation: float | None) -> float:
+    """``truncation``, or the model's own default where None (:attr:`AgoraGenerator.default_truncation`)."""
+    return generator.default_truncation if truncation is None else float(truncation)
+
+
+def latents_from_seeds(generator: AgoraGenerator, seeds: Sequence[int], truncation: float | None,
+                       camera_cond: torch.Tensor | None = None) -> torch.Tensor:
+    """``w [len(seeds), w_dim]``: the mapped, truncated latents of ``seeds`` (canonical camera by default;
+    ``truncation`` None: the model's default)."""
+    z = seed_latents(generator, seeds)
+    cond = camera_cond.to(z.device).expand(len(seeds), -1) if camera_cond is not None else None
     with torch.no_grad():
-        return generator.map(z, cond, truncation_psi=truncation)
+        return generator.map(z, cond, truncation_psi=resolve_truncation(generator, truncation))
 
 
 @torch.no_grad()
-def identity_from_seed(generator: AgoraGenerator, seed: int, truncation: float) -> IdentityCache:
-    """The identity branch of one seed (mean head shape): what ``animate`` needs for that avatar."""
-    return generator.identity(latents_from_seeds(generator, [seed], truncation))
+def identity_from_seed(generator: AgoraGenerator, seed: int, truncation: float | None = None) -> IdentityCache:
+    """The identity branch of one seed, with the head shape its latent stands for
+    (:meth:`AgoraGenerator.shape_for_latent`): what ``animate`` needs for that avatar."""
+    shape = generator.shape_for_latent(seed_latents(generator, [seed]))
+    return generator.identity(latents_from_seeds(generator, [seed], truncation), shape)
 
 
 @dataclass
@@ -50,13 +62,16 @@ class IdentitySet:
         return [f"seed {s}" if s is not None else f"identity {i}" for i, s in enumerate(self.seeds)]
 
 
-def sample_identities(generator: AgoraGenerator, seeds: Sequence[int], truncation: float = TRUNCATION_PSI,
+def sample_identities(generator: AgoraGenerator, seeds: Sequence[int], truncation: float | None = None,
                       shape_std: float = 0.0, camera_cond: torch.Tensor | None = None) -> IdentitySet:
-    """Latents ``w = M(z_from_seed(seed), camera)`` truncated with ``psi``, plus shape ``beta``.
+    """Latents ``w = M(z_from_seed(seed), camera)`` truncated with ``psi`` (None: the model's default),
+    plus shape ``beta``.
 
-    ``beta`` is zero by default; with ``shape_std > 0`` it is ``shape_std * N(0, 1)`` drawn from the
-    identity's seed (the built-in head's shape units and FLAME's PCA both take unit-scale values).
+    ``beta`` is the shape the seed's latent stands for (:meth:`AgoraGenerator.shape_for_latent`: zero for
+    a model without an identity map); with ``shape_std > 0`` it is ``shape_std * N(0, 1)`` drawn from the
+    identity's seed instead (the built-in head's shape units and FLAME's PCA both take unit-scale values).
     """
+    truncation = resolve_truncation(generator, truncation)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise AgoraError("at least one identity seed is needed")
@@ -69,11 +84,12 @@ def sample_identities(generator: AgoraGenerator, seeds: Sequence[int], truncatio
     device = next(generator.parameters()).device
     w = latents_from_seeds(generator, seeds, truncation, camera_cond)
     S = generator.head.num_shape
-    shape = torch.zeros(len(seeds), S)
+    shape = generator.shape_for_latent(seed_latents(generator, seeds)).cpu()
     if shape_std > 0:
         for i, s in enumerate(seeds):
             shape[i] = torch.from_numpy(seeded_rng(s, 0, 0x5A9E).standard_normal(S).astype(np.float32)) * shape_std
     return IdentitySet(w=w.detach(), shape=shape.to(device), seeds=seeds, truncation=truncation)
 
 
-__all__ = ["IdentitySet", "identity_from_seed", "latents_from_seeds", "sample_identities"]
+__all__ = ["IdentitySet", "identity_from_seed", "latents_from_seeds", "resolve_truncation", "sample_identities",
+           "seed_latents"]

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agora_core.generator.config import GeneratorConfig
+from agora_core.generator.config import TRUNCATION_PSI, GeneratorConfig
+from agora_core.generator.identity_map import MAPPED_TRUNCATION_PSI, TEACHER_MAP, shape_from_latent
 from agora_core.generator.stylegan import EqualLinear, MappingNetwork, SynthesisBlock
 from agora_core.generator.uv_atlas import (
     UVBaker,
@@ -227,6 +228,11 @@ class AgoraGenerator(nn.Module):
         self.mapping = MappingNetwork(cfg.z_dim, cfg.c_dim, cfg.w_dim, cfg.mapping_layers)
         self.synthesis = SynthesisNetwork(cfg)
         self.deformation = DeformationBranch(cfg, head.condition_dim)
+        if cfg.mean_maps:
+            self.mean_maps = nn.Parameter(torch.zeros(1, NUM_MAIN_CHANNELS, cfg.uv_res, cfg.uv_res))
+        if cfg.identity_basis:
+            self.basis_maps = nn.Parameter(torch.zeros(cfg.identity_basis, NUM_MAIN_CHANNELS, cfg.uv_res, cfg.uv_res))
+            self.basis_weights = EqualLinear(cfg.w_dim, cfg.identity_basis)
         self.estimate_w_avg()
 
     def _build_lattice(self) -> None:
@@ -305,12 +311,29 @@ class AgoraGenerator(nn.Module):
         shape = shape.reshape(-1, shape.shape[-1]).to(device)
         return shape.expand(batch, -1) if shape.shape[0] == 1 else shape
 
+    @property
+    def default_truncation(self) -> float:
+        """The truncation the commands use unless told otherwise: none for a model whose latents all
+        map to valid identities (an identity map), else :data:`TRUNCATION_PSI`."""
+        return MAPPED_TRUNCATION_PSI if self.cfg.identity_map else TRUNCATION_PSI
+
+    def shape_for_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """The head-model shape a latent stands for: from the model's identity map
+        (:mod:`agora_core.generator.identity_map`), or the mean shape (zeros) for a model without one."""
+        if self.cfg.identity_map == TEACHER_MAP:
+            return shape_from_latent(z, self.head.num_shape).to(z.dtype)
+        return torch.zeros(z.shape[0], self.head.num_shape, dtype=z.dtype, device=z.device)
+
     def identity(self, w: torch.Tensor, shape: torch.Tensor | None = None, noise_mode: str = "const") -> IdentityCache:
         """Run the identity branch once: canonical attributes and the features for G_d."""
         cfg = self.cfg
         shape = self._shape_or_zero(shape, w.shape[0], w.device)
         ws = w.unsqueeze(1).expand(-1, self.synthesis.num_ws, -1)
         maps, features = self.synthesis(ws, self.shape_map(shape), noise_mode)
+        if cfg.mean_maps:
+            maps = maps + self.mean_maps
+        if cfg.identity_basis:
+            maps = maps + torch.einsum("bk,kchw->bchw", self.basis_weights(w), self.basis_maps)
         a = sample_uv_maps(maps, self.samples)  # [B,G,22]
         c = MAIN_CHANNELS
         log_scales = self.log_scale_max - F.softplus(self.scale_softplus_shift - a[..., c["scale"]])

@@ -80,15 +80,18 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
 def modulated_conv2d(
     x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True, padding: int = 0
 ) -> torch.Tensor:
-    """StyleGAN2 weight (de)modulation, evaluated as one grouped convolution over the batch."""
-    B, C_in, H, W = x.shape
-    C_out = weight.shape[0]
-    w = weight.unsqueeze(0) * styles.reshape(B, 1, C_in, 1, 1)
+    """StyleGAN2 weight (de)modulation, evaluated as input scaling + one shared convolution + output scaling.
+
+    ``conv(x * s, W) * d`` with ``d = rsqrt(sum_{i,k} (W_oik s_i)^2)`` equals the convolution with the
+    per-sample modulated and demodulated weights, but runs as one ordinary batched convolution
+    (3-4x faster on a CPU than a grouped convolution over the batch).
+    """
+    B = x.shape[0]
+    out = F.conv2d(x * styles.reshape(B, -1, 1, 1).to(x.dtype), weight, padding=padding)
     if demodulate:
-        w = w * (w.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8).rsqrt()
-    x = x.reshape(1, B * C_in, H, W)
-    out = F.conv2d(x, w.reshape(B * C_out, C_in, *weight.shape[2:]), padding=padding, groups=B)
-    return out.reshape(B, C_out, *out.shape[2:])
+        d = ((weight.unsqueeze(0) * styles.reshape(B, 1, -1, 1, 1)).square().sum(dim=(2, 3, 4)) + 1e-8).rsqrt()
+        out = out * d.reshape(B, -1, 1, 1).to(out.dtype)
+    return out
 
 
 class StyledConv(nn.Module):

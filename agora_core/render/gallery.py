@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from agora_core.generator.config import TRUNCATION_PSI
 from agora_core.generator.identities import identity_from_seed
 from agora_core.generator.model import AgoraGenerator, Condition
 from agora_core.heads.model import HeadModel
@@ -17,6 +16,19 @@ from agora_core.render.rasterizer import rasterize
 from agora_core.types.camera import orbit_camera
 from agora_core.types.errors import AgoraError
 from agora_core.types.io import image_grid
+
+# the expression presets of the viewer's panel for heads with ARKit units (webviewer/static/js/viewer/presets.js
+# states the same values; tests/test_spec.py checks them): what a user of the built-in head sees first
+VIEWER_PRESETS: dict[str, dict[str, float]] = {
+    "neutral": {},
+    "smile": {"mouthSmileLeft": 0.85, "mouthSmileRight": 0.85, "cheekSquintLeft": 0.35, "cheekSquintRight": 0.35,
+              "eyeSquintLeft": 0.2, "eyeSquintRight": 0.2},
+    "surprise": {"browInnerUp": 0.9, "browOuterUpLeft": 0.8, "browOuterUpRight": 0.8, "eyeWideLeft": 0.8,
+                 "eyeWideRight": 0.8, "jawOpen": 0.3},
+    "open mouth": {"jawOpen": 0.8},
+    "blink": {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0},
+    "frown": {"mouthFrownLeft": 0.8, "mouthFrownRight": 0.8, "browDownLeft": 0.6, "browDownRight": 0.6},
+}
 
 # name -> {parameter: value}; a preset applies only where the head model has every parameter it names
 NAMED_EXPRESSIONS: dict[str, dict[str, float]] = {
@@ -51,7 +63,7 @@ def named_condition(head: HeadModel, name: str) -> Condition:
 
 @torch.no_grad()
 def render_gallery(gen: AgoraGenerator, seeds: list[int], expressions: list[str], size: int = 192,
-                   yaw_deg: float = 20.0, truncation: float = TRUNCATION_PSI, background: float = 1.0) -> torch.Tensor:
+                   yaw_deg: float = 20.0, truncation: float | None = None, background: float = 1.0) -> torch.Tensor:
     """One row per seed, one column per expression: ``[rows*size, cols*size, 3]`` in [0, 1]."""
     conditions = [named_condition(gen.head, e) for e in expressions]
     # the framing of the synthetic training data (agora_core.training.synthetic): 1 m from the head centre, 14 deg
@@ -66,4 +78,4 @@ def render_gallery(gen: AgoraGenerator, seeds: list[int], expressions: list[str]
     return image_grid(tiles, columns=len(expressions))
 
 
-__all__ = ["NAMED_EXPRESSIONS", "available_expressions", "named_condition", "render_gallery"]
+__all__ = ["NAMED_EXPRESSIONS", "VIEWER_PRESETS", "available_expressions", "named_condition", "render_gallery"]

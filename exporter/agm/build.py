@@ -64,6 +64,7 @@ def build_bundle(result: ExtractionResult, generator: AgoraGenerator, provenance
         "unquantized": result.fidelity,
     }
     prov = {"tool": f"agora {__version__}", "generator_preset": generator.cfg.name, "head": generator.head.name,
+            "target_gaussians": generator.cfg.target_gaussians,
             "seeds": [int(s) for s in result.identities.seeds], "truncation": result.identities.truncation,
             "samples": result.config.num_samples, "centre": result.config.centre, **(provenance or {})}
     return AgmBundle(gaussian_count=result.num_gaussians, identities=identities, bases=bases, mlp=mlp,

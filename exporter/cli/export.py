@@ -267,6 +267,22 @@ def bundle(
     stats = write_agm(agm, out, **options)
     elapsed = time.perf_counter() - t0
     typer.echo(bundle_summary(out, result, agm, stats, elapsed))
+    warning = fidelity_warning(agm.fidelity, samples, epochs)
+    if warning:
+        typer.secho(warning, err=True, fg=typer.colors.YELLOW, bold=True)
+
+
+def fidelity_warning(fidelity: dict, samples: int, epochs: int) -> str | None:
+    """A loud warning when the animated bundle renders worse than the un-animated neutral avatar (so
+    AGORA-M's animation adds error instead of removing it), with what to raise; None when it does not."""
+    stored = fidelity.get("stored", {}).get("render_psnr")
+    neutral = fidelity.get("unquantized", {}).get("render_psnr_neutral")
+    if stored is None or neutral is None or stored >= neutral:
+        return None
+    return (f"WARNING: the bundle's animation renders WORSE than the un-animated neutral avatar "
+            f"({stored:.2f} dB < {neutral:.2f} dB against the full AGORA path): AGORA-M needs more data here. "
+            f"Raise --samples (now {samples}, try {4 * samples}) and --epochs (now {epochs}, try {2 * epochs}); "
+            f"with --sparse, a lower --sparse-tolerance keeps more of the motion.")
 
 
 def bundle_summary(out: Path, result, agm, stats, elapsed: float) -> str:

@@ -50,14 +50,18 @@ class ModelOptions:
         "Generator preset when no checkpoint is given (see `agora-export presets`)."))
     init_seed: int = field(default=0, metadata=_option(
         "Seed of an untrained generator's random weights (used only where no trained model applies)."))
-    truncation: float = field(default=TRUNCATION_PSI, metadata=_option(
-        "Truncation psi of the identity latent (1 = none).", min=0.0, max=1.0))
+    truncation: float | None = field(default=None, metadata=_option(
+        "Truncation psi of the identity latent (1 = none). Default: the model's own - 1 for the built-in model "
+        f"(every latent is a teacher identity), {TRUNCATION_PSI} for other models.", min=0.0, max=1.0))
+    gaussians: int | None = field(default=None, metadata=_option(
+        "Sample the model's UV maps at a lattice of about this many Gaussians (default: the model's own count, "
+        "16,008 for the built-in model; e.g. 65000 or 235000 for the paper's scales).", min=100, max=2_000_000))
 
     def load(self) -> AgoraGenerator:
         """The head model and generator these options name (:func:`agora_core.generator.checkpoint.load_model`)."""
         from agora_core.generator.checkpoint import load_model
 
-        return load_model(self.checkpoint, self.head, self.preset, self.init_seed)
+        return load_model(self.checkpoint, self.head, self.preset, self.init_seed, self.gaussians)
 
     def identity(self, generator: AgoraGenerator, seed: int) -> IdentityCache:
         """The identity branch of ``seed`` at these options' truncation."""

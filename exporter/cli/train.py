@@ -4,6 +4,7 @@
     agora-train run data/synth --out runs/builtin               # train (progress bar, samples, checkpoints)
     agora-train run data/synth --out runs/builtin --resume      # continue exactly where it stopped
     agora-train export runs/builtin model.pt --half             # the generator for --checkpoint
+    agora-train distill --out runs/builtin                      # the built-in model: distil the synthetic teacher
 
 Like ``agora-export``, every user mistake ends with one ``error:`` line and exit status 2.
 """
@@ -15,19 +16,22 @@ from pathlib import Path
 
 import typer
 
+from agora_core.training.distill import DistillConfig
 from agora_core.training.synthetic import SyntheticConfig
 from agora_core.training.trainer import TrainConfig
 from agora_core.types.errors import AgoraError
 from exporter.cli.options import HeadOpt, require_suffix, user_errors
 
 app = typer.Typer(
-    help="Train AGORA generators: synthetic data from the built-in head, dual-discrimination GAN training, export.",
+    help="Train AGORA generators: synthetic data from the built-in head, dual-discrimination GAN training, "
+         "distillation of the synthetic teacher (the built-in model), export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 SYNTH = SyntheticConfig()  # the defaults of the options below
 TRAIN = TrainConfig(data="")
+DISTILL = DistillConfig()
 
 
 @app.command()
@@ -135,6 +139,49 @@ def run(
 
 @app.command()
 @user_errors
+def distill(
+    out: Path = typer.Option(Path("runs/builtin"), help="Run folder: config.json, log.jsonl, samples/, checkpoints/, "
+                                                        "generator.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (its "
+                                "saved config; only --device, --threads and --max-minutes may change)."),
+    preset: str = typer.Option(DISTILL.preset, help="Generator preset (see `agora-export presets`)."),
+    steps: int = typer.Option(DISTILL.steps, min=1, help="Optimiser steps."),
+    batch: int = typer.Option(DISTILL.batch, min=1, help="Identities per step (UV-space losses on all of them)."),
+    image_batch: int = typer.Option(DISTILL.image_batch, min=0, help="Identities per step also rendered and "
+                                    "compared with the teacher's image (one random view each)."),
+    resolution: int = typer.Option(DISTILL.resolution, min=16, max=1024, help="Render size of the image losses."),
+    lr: float = typer.Option(DISTILL.lr, min=0.0, help="Peak learning rate (Adam; warm-up, then cosine decay)."),
+    seed: int = typer.Option(DISTILL.seed, help="Seed of the initial weights and of every random draw."),
+    device: str = typer.Option(DISTILL.device, help="Torch device (cpu, cuda, cuda:N)."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
+    max_minutes: float | None = typer.Option(None, min=0.0, help="Stop (with a checkpoint) after this many minutes; "
+                                                                 "--resume continues."),
+    sample_every: int = typer.Option(DISTILL.sample_every, min=0, help="Steps between sample grids (model above "
+                                                                       "teacher, held-out seeds)."),
+    checkpoint_every: int = typer.Option(DISTILL.checkpoint_every, min=0, help="Steps between checkpoints."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Distil the synthetic teacher into the generator (UV-space + image losses): how the built-in model is made."""
+    from agora_core.heads.builtin import builtin_head_model
+    from agora_core.training.distill import DistillConfig, DistillPaths, open_distill_run
+    from agora_core.training.distill import distill as run_distill
+
+    paths = DistillPaths(out)
+    cfg = DistillConfig(preset=preset, steps=steps, batch=batch, image_batch=image_batch, resolution=resolution, lr=lr,
+                        seed=seed, device=device, threads=threads, max_minutes=max_minutes, sample_every=sample_every,
+                        checkpoint_every=checkpoint_every).validate()
+    distiller = open_distill_run(paths, cfg, builtin_head_model(), resume)
+    where = f"resuming at step {distiller.step}" if resume else "new run"
+    typer.echo(f"{where}: {distiller.G.num_gaussians:,} Gaussians, {distiller.cfg.steps:,} steps of "
+               f"{distiller.cfg.batch} identities, device {distiller.device} -> {out}")
+    start = time.perf_counter()
+    run_distill(distiller, paths, progress=progress)
+    typer.echo(f"step {distiller.step} of {distiller.cfg.steps}, {time.perf_counter() - start:.0f} s; "
+               f"generator: {paths.generator} (use with --checkpoint)")
+
+
+@app.command()
+@user_errors
 def export(
     run_dir: Path = typer.Argument(..., help="A training run folder (holds checkpoints/latest.pt)."),
     out: Path = typer.Argument(..., help="Generator checkpoint (.pt) to write: the EMA generator."),
@@ -142,11 +189,21 @@ def export(
     gaussians: int | None = typer.Option(None, min=1, help="Re-sample the UV lattice for about this many Gaussians "
                                                               "(default: the count of the run's current stage)."),
 ) -> None:
-    """Write the run's EMA generator as a checkpoint for `agora-export ... --checkpoint`."""
+    """Write the run's EMA generator as a checkpoint for `agora-export ... --checkpoint` (GAN or distillation runs)."""
     from agora_core.heads.sources import load_head_model
+    from agora_core.training.distill import is_distill_run
     from agora_core.training.trainer import RunPaths, export_run, read_run_config
 
     require_suffix(out, ".pt")
+    if is_distill_run(run_dir):
+        from agora_core.heads.builtin import builtin_head_model
+        from agora_core.training.distill import DistillPaths, export_distilled, open_distill_run, read_distill_config
+
+        dpaths = DistillPaths(run_dir)
+        distiller = open_distill_run(dpaths, read_distill_config(dpaths), builtin_head_model(), resume=True)
+        path = export_distilled(distiller, out, half=half, gaussians=gaussians)
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, step {distiller.step} of {distiller.cfg.steps})")
+        return
     paths = RunPaths(run_dir)
     path, step, seen = export_run(
         paths, load_head_model(read_run_config(paths).head), out, half=half, gaussians=gaussians

@@ -128,7 +128,9 @@ def build_baseline(bundle_path: Path, *, identity: int = 0, checkpoint: Path | N
     head_source = head or "builtin"
     if head is None and prov.get("head") not in (None, "builtin"):
         raise AgoraError(f"{bundle_path} uses the head model '{prov.get('head')}': pass its file with --head")
-    gen = load_model(checkpoint, head_source, str(prov["generator_preset"]), int(prov.get("init_seed") or 0))
+    target = prov.get("target_gaussians")  # bundles made with --gaussians (absent before agora 0.1 recorded it)
+    gen = load_model(checkpoint, head_source, str(prov["generator_preset"]), int(prov.get("init_seed") or 0),
+                     gaussians=int(target) if target is not None else None)
     seed = int(bundle.identities[identity].seed)
     cache = identity_from_seed(gen, seed, float(prov["truncation"]))
     with tempfile.TemporaryDirectory(prefix="agora_baseline_") as tmp:

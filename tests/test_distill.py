@@ -226,3 +226,47 @@ def test_bundle_warns_when_animation_is_worse_than_neutral():
     good = {"stored": {"render_psnr": 45.0}, "unquantized": {"render_psnr_neutral": 42.3}}
     assert fidelity_warning(good, 1, 1) is None
     assert fidelity_warning({}, 1, 1) is None
+
+
+def test_face_deformations_stretch_and_turn(builtin_head):
+    from agora_core.training.teacher import face_deformations
+
+    v = builtin_head.v_template[None]
+    torch.testing.assert_close(face_deformations(v, v, builtin_head.faces)[0, :5], torch.eye(3).expand(5, 3, 3),
+                               atol=1e-4, rtol=0)
+    c, s = np.cos(0.3), np.sin(0.3)
+    R = torch.tensor([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=torch.float32)
+    stretched = (v @ R.T) * torch.tensor([2.0, 1.0, 1.0]) @ torch.eye(3)
+    A = face_deformations(stretched, v, builtin_head.faces)[0]
+    # every edge maps exactly; areas of triangles grow under the x stretch
+    p, q = v[0, builtin_head.faces], stretched[0, builtin_head.faces]
+    torch.testing.assert_close((A @ (p[:, 1] - p[:, 0])[..., None])[..., 0], q[:, 1] - q[:, 0], atol=1e-5, rtol=1e-3)
+    assert float(torch.linalg.det(A).median()) > 1.0
+
+
+def test_fine_tune_starts_from_a_checkpoint(tmp_path, builtin_head, one_thread):
+    from agora_core.generator.checkpoint import save_generator
+
+    base = Distiller(tiny_distill(), builtin_head)
+    with torch.no_grad():
+        base.G.mean_maps.fill_(0.05)
+    path = save_generator(base.G, tmp_path / "base.pt")
+    tuned = Distiller(tiny_distill(init_from=str(path), posed_target="rotation"), builtin_head)
+    assert torch.equal(tuned.G.mean_maps, base.G.mean_maps) and torch.equal(tuned.G_ema.mean_maps, base.G.mean_maps)
+    with pytest.raises(DistillError, match="posed_target"):
+        tiny_distill(posed_target="nope").validate()
+
+
+def test_steps_cycle_through_gaussian_counts(tmp_path, builtin_head, one_thread):
+    from agora_core.generator.checkpoint import load_generator
+
+    d = Distiller(tiny_distill(gaussian_counts=(600, 2400)), builtin_head)
+    seen = []
+    for _ in range(2):
+        d.train_step()
+        seen.append(d.G.num_gaussians)
+        assert d.G_ema.num_gaussians == d.G.num_gaussians and d.cov_target.shape[0] == d.G.num_gaussians
+    assert seen[0] == 614 and seen[1] > 2000
+    assert load_generator(export_distilled(d, tmp_path / "m.pt"), builtin_head).num_gaussians == 614
+    with pytest.raises(DistillError, match="gaussian_counts"):
+        tiny_distill(gaussian_counts=(5,)).validate()

@@ -53,7 +53,8 @@ from agora_core.heads.model import HeadModel
 from agora_core.heads.sources import head_center
 from agora_core.render.metrics import ssim
 from agora_core.render.rasterizer import rasterize
-from agora_core.training.teacher import Teacher, face_rotations, lattice_covariances
+from agora_core.training.teacher import Teacher, face_deformations, face_rotations, lattice_covariances
+from agora_core.training.trainer import init_weights
 from agora_core.types.camera import Camera, orbit_camera
 from agora_core.types.errors import ConfigError, require
 from agora_core.types.gaussians import SH_C0, quat_to_rotmat
@@ -106,6 +107,10 @@ class DistillConfig:
     pitch_deg: float = 15.0
     neutral_fraction: float = 0.25
     identity_pool: int = 100_000
+    gaussian_counts: tuple[int, ...] = ()  # lattices the steps cycle through, e.g. (16000, 65000); (): the preset's
+    posed_target: str = "affine"  # posed covariance target: "affine" (turned and stretched with the triangle) or
+    #                               "rotation" (turned only)
+    init_from: str | None = None  # fine-tune: start from this generator checkpoint (same preset and identity map)
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -121,6 +126,10 @@ class DistillConfig:
                 "distillation needs resolution >= 16, identity_pool >= 1 and lr > 0", DistillError)
         require(0.0 <= self.neutral_fraction <= 1.0, "neutral_fraction must lie in [0, 1]", DistillError)
         require(self.identity_basis >= 0, "identity_basis must be >= 0", DistillError)
+        require(all(100 <= int(c) <= 2_000_000 for c in self.gaussian_counts),
+                f"gaussian_counts must lie in [100, 2000000], got {list(self.gaussian_counts)}", DistillError)
+        require(self.posed_target in ("affine", "rotation"),
+                f"posed_target must be 'affine' or 'rotation', got '{self.posed_target}'", DistillError)
         get_preset(self.preset)
         return self
 
@@ -135,6 +144,7 @@ class DistillConfig:
             raise DistillError(f"unknown distillation config keys {unknown}")
         d = dict(d)
         d["losses"] = DistillLosses(**d.get("losses", {}))
+        d["gaussian_counts"] = tuple(d.get("gaussian_counts", ()))
         return DistillConfig(**d).validate()
 
 
@@ -182,12 +192,15 @@ class Distiller:
         gen_cfg = get_preset(cfg.preset, mean_maps=True, identity_map=TEACHER_MAP, identity_basis=cfg.identity_basis,
                              z_dim=LOOK_DIMS + head.num_shape)
         self.G = AgoraGenerator(gen_cfg, head).to(self.device).train()
+        if cfg.init_from:
+            init_weights(self.G, Path(cfg.init_from))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.head = self.G.head
         self.opt = torch.optim.Adam(self._param_groups(), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8)
         self.prior = ExpressionPrior.for_head(self.head)
-        self.teacher = Teacher(self.head, self.G.sample_face, self.G.sample_bary)
-        self.cov_target = lattice_covariances(self.head, self.G.sample_face, 1.0 / self.G.lattice).to(self.device)
+        self.base_count = gen_cfg.target_gaussians
+        self._targets: dict[int, tuple[Teacher, torch.Tensor]] = {}  # Gaussian count -> (teacher, covariances)
+        self.use_gaussian_count(self.base_count)
         self.centre = head_center(self.head)
         self.background = torch.ones(3, device=self.device)
         self.step = 0
@@ -209,6 +222,22 @@ class Distiller:
         scale = {"mapping": cfg.mapping_lr_scale, "style": cfg.style_lr_scale, "mean_maps": cfg.mean_maps_lr_scale,
                  "other": 1.0}
         return [{"params": ps, "lr_scale": scale[k], "name": k} for k, ps in groups.items() if ps]
+
+    def use_gaussian_count(self, count: int) -> None:
+        """Sample G and its EMA at a lattice of about ``count`` Gaussians, with that lattice's targets."""
+        for g in (self.G, self.G_ema):
+            if g.cfg.target_gaussians != count or g.cfg.lattice is not None:
+                g.set_gaussian_count(count)
+        if count not in self._targets:
+            teacher = Teacher(self.head, self.G.sample_face, self.G.sample_bary)
+            cov = lattice_covariances(self.head, self.G.sample_face, 1.0 / self.G.lattice).to(self.device)
+            self._targets[count] = (teacher, cov)
+        self.teacher, self.cov_target = self._targets[count]
+
+    def gaussian_count_at(self, step: int) -> int:
+        """The lattice of step ``step``: the config's counts in turn (or the preset's own)."""
+        counts = self.cfg.gaussian_counts or (self.base_count,)
+        return int(counts[step % len(counts)])
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self, step: int) -> float:
@@ -258,10 +287,13 @@ class Distiller:
         out["opacity"] = (gauss.opacities - TEACHER_OPACITY).square().mean()
         out["deform_position"] = (residuals["position"] / 1e-3).square().mean()
         with torch.no_grad():
-            neutral = face_rotations(self.teacher.posed(shape), self.head.faces)
-            frames = face_rotations(verts, self.head.faces) @ neutral.transpose(-1, -2)
-            rot = frames[:, G.sample_face]  # [B, G, 3, 3] the surface's rotation at each Gaussian
-            posed_target = rot @ self.cov_target @ rot.transpose(-1, -2)
+            neutral_verts = self.teacher.posed(shape)
+            if cfg.posed_target == "affine":  # turned and stretched with the triangle
+                maps = face_deformations(verts, neutral_verts, self.head.faces)
+            else:  # turned only
+                maps = face_rotations(verts, self.head.faces) @ face_rotations(neutral_verts, self.head.faces).mT
+            m = maps[:, G.sample_face]  # [B, G, 3, 3] the surface's change at each Gaussian
+            posed_target = m @ self.cov_target @ m.transpose(-1, -2)
         out["posed_covariance"] = relative_frobenius(covariance(gauss.scales, gauss.quats), posed_target)
         k = cfg.image_batch
         if k:
@@ -280,6 +312,7 @@ class Distiller:
         lr = self.lr_at(self.step)
         for group in self.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
+        self.use_gaussian_count(self.gaussian_count_at(self.step))
         terms = self.losses(self.G, self.draw(self.step))
         loss = self.total(terms)
         self.opt.zero_grad(set_to_none=True)
@@ -301,6 +334,7 @@ class Distiller:
     @torch.no_grad()
     def sample_grid(self, seeds=(0, 1, 2, 3), resolution: int = 128) -> torch.Tensor:
         """Held-out identities: the EMA model's render above the teacher's (neutral, frontal-ish)."""
+        self.use_gaussian_count(self.base_count)
         G = self.G_ema
         z = latents(seeds, G.cfg.z_dim).to(self.device)
         looks, shape = self.teacher.identities(z)
@@ -377,10 +411,8 @@ def read_distill_state(path: Path) -> dict:
 
 def export_distilled(distiller: Distiller, path: Path, half: bool = False, gaussians: int | None = None) -> Path:
     """Write the EMA generator as a generator checkpoint (``--checkpoint``, or the package's built-in model)."""
-    G = distiller.G_ema
-    if gaussians is not None:
-        G = copy.deepcopy(G)
-        G.set_gaussian_count(gaussians)
+    G = copy.deepcopy(distiller.G_ema)
+    G.set_gaussian_count(distiller.base_count if gaussians is None else gaussians)
     cfg = distiller.cfg
     extra = {"distilled": {"steps": distiller.step, "identities_seen": distiller.step * cfg.batch,
                            "images_rendered": distiller.step * cfg.image_batch, "config": cfg.to_dict()}}

@@ -11,8 +11,8 @@ of :mod:`agora_core.generator.identity_map`) and one fixed default lighting.
   lattice points on the neutral posed head), the UV-space target of the identity branch;
 * :func:`lattice_covariances` - the footprint of each lattice cell on the template surface as a
   flat Gaussian covariance (no gaps between neighbours), the UV-space target of scales/rotations;
-* :func:`face_rotations` - triangle frames, whose change from the neutral pose turns those targets
-  with the surface.
+* :func:`face_rotations` / :func:`face_deformations` - triangle frames and the neutral-to-posed map of
+  each triangle, which turn (and stretch) those targets with the surface.
 """
 from __future__ import annotations
 
@@ -174,6 +174,22 @@ def lattice_covariances(head: HeadModel, face_idx: torch.Tensor, uv_step: float,
     return torch.where(ok[:, None, None], cov, fallback).float()
 
 
+def face_deformations(posed: torch.Tensor, neutral: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Per-triangle linear maps ``[B, F, 3, 3]`` from the neutral to the posed surface: the affine map of
+    the two edges (rotation, stretch and shear in the surface plane) with the unit normal kept unit."""
+    def frame(v: torch.Tensor) -> torch.Tensor:
+        p = v[:, faces]
+        e1, e2 = p[:, :, 1] - p[:, :, 0], p[:, :, 2] - p[:, :, 0]
+        n = torch.nn.functional.normalize(torch.linalg.cross(e1, e2, dim=-1), dim=-1, eps=1e-12)
+        return torch.stack((e1, e2, n), dim=-1)
+
+    base = frame(neutral.expand_as(posed))
+    ok = torch.linalg.det(base).abs() > 1e-15
+    eye = torch.eye(3, dtype=posed.dtype, device=posed.device)
+    safe = torch.where(ok[..., None, None], base, eye)
+    return torch.where(ok[..., None, None], frame(posed) @ torch.linalg.inv(safe), eye)
+
+
 def face_rotations(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Orthonormal frames ``[B, F, 3, 3]`` of triangles (columns: first edge, in-plane normal, normal)."""
     p = vertices[:, faces]  # [B, F, 3, 3]
@@ -184,5 +200,5 @@ def face_rotations(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return torch.stack((e1, e2, n), dim=-1)
 
 
-__all__ = ["DEFAULT_LIGHT", "LatticePoints", "Teacher", "face_rotations", "lattice_covariances", "look_from_latent",
-           "look_from_uniforms"]
+__all__ = ["DEFAULT_LIGHT", "LatticePoints", "Teacher", "face_deformations", "face_rotations", "lattice_covariances",
+           "look_from_latent", "look_from_uniforms"]

@@ -137,6 +137,13 @@ def run(
                f"generator: {paths.generator} (use with --checkpoint)")
 
 
+def parse_counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise AgoraError(f"--gaussian-counts must be comma-separated integers, got '{text}'") from None
+
+
 @app.command()
 @user_errors
 def distill(
@@ -152,6 +159,13 @@ def distill(
     resolution: int = typer.Option(DISTILL.resolution, min=16, max=1024, help="Render size of the image losses."),
     lr: float = typer.Option(DISTILL.lr, min=0.0, help="Peak learning rate (Adam; warm-up, then cosine decay)."),
     seed: int = typer.Option(DISTILL.seed, help="Seed of the initial weights and of every random draw."),
+    posed_target: str = typer.Option(DISTILL.posed_target, help="Covariance target of the posed Gaussians: 'affine' "
+                                     "(turned and stretched with their triangle) or 'rotation' (turned only)."),
+    init_from: Path | None = typer.Option(None, help="Fine-tune: start from this generator checkpoint (a distilled "
+                                                     "model of the same preset)."),
+    gaussian_counts: str = typer.Option("", help="Comma-separated Gaussian counts the steps cycle through (e.g. "
+                                                 "16000,65000: one model that looks right at both); default: the "
+                                                 "preset's."),
     device: str = typer.Option(DISTILL.device, help="Torch device (cpu, cuda, cuda:N)."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
     max_minutes: float | None = typer.Option(None, min=0.0, help="Stop (with a checkpoint) after this many minutes; "
@@ -169,7 +183,9 @@ def distill(
     paths = DistillPaths(out)
     cfg = DistillConfig(preset=preset, steps=steps, batch=batch, image_batch=image_batch, resolution=resolution, lr=lr,
                         seed=seed, device=device, threads=threads, max_minutes=max_minutes, sample_every=sample_every,
-                        checkpoint_every=checkpoint_every).validate()
+                        checkpoint_every=checkpoint_every, posed_target=posed_target,
+                        gaussian_counts=parse_counts(gaussian_counts),
+                        init_from=str(init_from) if init_from else None).validate()
     distiller = open_distill_run(paths, cfg, builtin_head_model(), resume)
     where = f"resuming at step {distiller.step}" if resume else "new run"
     typer.echo(f"{where}: {distiller.G.num_gaussians:,} Gaussians, {distiller.cfg.steps:,} steps of "

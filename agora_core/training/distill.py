@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agora_core.generator.checkpoint import load_plain_data, save_generator
+from agora_core.generator.checkpoint import save_generator
 from agora_core.generator.config import get_preset
 from agora_core.generator.identity_map import LOOK_DIMS, TEACHER_MAP
 from agora_core.generator.model import AgoraGenerator, Condition, z_from_seed
@@ -54,7 +54,7 @@ from agora_core.heads.sources import head_center
 from agora_core.render.metrics import ssim
 from agora_core.render.rasterizer import rasterize
 from agora_core.training.teacher import Teacher, face_deformations, face_rotations, lattice_covariances
-from agora_core.training.trainer import init_weights
+from agora_core.training.trainer import RunPaths, init_weights, read_run_state
 from agora_core.types.camera import Camera, orbit_camera
 from agora_core.types.errors import ConfigError, require
 from agora_core.types.gaussians import SH_C0, quat_to_rotmat
@@ -91,7 +91,7 @@ class DistillConfig:
     """One distillation run (all of it is saved in the run folder)."""
 
     preset: str = "small"
-    steps: int = 2400
+    steps: int = 2200
     batch: int = 8
     image_batch: int = 4
     resolution: int = 128
@@ -359,28 +359,7 @@ class Distiller:
 
 
 # ------------------------------------------------------------------------------------- run folder
-@dataclass
-class DistillPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "checkpoints" / "latest.pt"
-
-    @property
-    def generator(self) -> Path:
-        return self.root / "generator.pt"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log.jsonl"
-
-    def samples(self, step: int) -> Path:
-        return self.root / "samples" / f"step-{step:07d}.png"
+DistillPaths = RunPaths  # the same run-folder layout as adversarial training
 
 
 def is_distill_run(root: Path) -> bool:
@@ -401,12 +380,7 @@ def read_distill_config(paths: DistillPaths) -> DistillConfig:
 
 def read_distill_state(path: Path) -> dict:
     """A distillation checkpoint, loaded with ``weights_only=True`` (never runs pickled code)."""
-    state = load_plain_data(path, DistillError, "distillation checkpoint")
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise DistillError(f"{path}: not an agora distillation checkpoint")
-    if state.get("version") != STATE_VERSION:
-        raise DistillError(f"{path}: unsupported distillation checkpoint version {state.get('version')}")
-    return state
+    return read_run_state(path, STATE_FORMAT, STATE_VERSION, DistillError, "distillation checkpoint")
 
 
 def export_distilled(distiller: Distiller, path: Path, half: bool = False, gaussians: int | None = None) -> Path:

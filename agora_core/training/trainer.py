@@ -584,14 +584,19 @@ def save_state(trainer: Trainer, path: Path) -> None:
         torch.save(trainer.state_dict(), f)
 
 
-def read_state(path: Path) -> dict:
-    """Load a training checkpoint with ``weights_only=True`` (never runs pickled code)."""
-    state = load_plain_data(path, TrainingError, "training checkpoint")
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise TrainingError(f"{path}: not an agora training checkpoint")
-    if state.get("version") != STATE_VERSION:
-        raise TrainingError(f"{path}: unsupported training checkpoint version {state.get('version')}")
+def read_run_state(path: Path, fmt: str, version: int, error: type[AgoraError], what: str) -> dict:
+    """Load a run's checkpoint of format ``fmt`` with ``weights_only=True`` (never runs pickled code)."""
+    state = load_plain_data(path, error, what)
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise error(f"{path}: not an agora {what}")
+    if state.get("version") != version:
+        raise error(f"{path}: unsupported {what} version {state.get('version')}")
     return state
+
+
+def read_state(path: Path) -> dict:
+    """Load a training checkpoint (see :func:`read_run_state`)."""
+    return read_run_state(path, STATE_FORMAT, STATE_VERSION, TrainingError, "training checkpoint")
 
 
 def export_generator(trainer: Trainer, path: Path, half: bool = False) -> Path:

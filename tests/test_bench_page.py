@@ -45,6 +45,17 @@ def baseline(tiny):
     return build_baseline(tiny)
 
 
+def test_baseline_of_a_bundle_made_with_more_gaussians(tmp_path):
+    """--gaussians is recorded in the bundle, so /bench rebuilds the baseline at the same lattice."""
+    out = tmp_path / "dense.agm"
+    r = runner.invoke(cli_app, ["bundle", *FAST, "--gaussians", "2000", "--seed", "3", str(out)])
+    assert r.exit_code == 0, r.output
+    b = read_agm(out)
+    assert b.provenance["target_gaussians"] == 2000 and b.gaussian_count > 1900
+    dense = build_baseline(out)
+    assert dense.num_gaussians == b.gaussian_count and dense.match_max_m < 1e-6
+
+
 def _ort_session(model: bytes):
     return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 

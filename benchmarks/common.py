@@ -60,8 +60,8 @@ def write_results(name: str, data: dict, out: Path | None = None) -> Path:
 
 
 def command_line(module: str, argv: Sequence[str]) -> str:
-    """The command that produced a result, with absolute paths inside the repository made relative
-    (results are committed: no machine-specific paths in them)."""
+    """The command that produced a result, with absolute paths inside the repository made relative and
+    those outside it reduced to their file name (results are committed: no machine-specific paths)."""
     def portable(arg: str) -> str:
         path = Path(arg)
         if not path.is_absolute():
@@ -69,6 +69,6 @@ def command_line(module: str, argv: Sequence[str]) -> str:
         try:
             return str(path.resolve().relative_to(REPO_ROOT))
         except ValueError:
-            return arg
+            return path.name
 
     return " ".join(["python -m", module, *(portable(a) for a in argv)])

@@ -21,7 +21,7 @@ from agora_core.types.errors import AgoraError
 from exporter.agm import read_agm
 from exporter.cli.export import app as cli_app
 from exporter.interop.baseline import build_baseline, load_baseline
-from tests.support.browser import artifact, assert_loopback_only
+from tests.support.browser import artifact, assert_loopback_only, require_npm_packages
 from webviewer import server as server_mod
 from webviewer.bench_results import validate_result
 from webviewer.bench_server import DEFAULT_ORT_DIR, ORT_EP_FILES
@@ -97,6 +97,7 @@ def test_a_baseline_of_another_avatar_is_refused(tiny, tmp_path):
 
 
 def test_serve_bench_options(tiny, tmp_path, monkeypatch):
+    require_npm_packages()
     calls = []
     monkeypatch.setattr(server_mod, "serve", lambda bundles, **kw: calls.append(kw))
     r = runner.invoke(cli_app, ["serve", str(tiny), "--bench", "--results-dir", str(tmp_path / "res")])

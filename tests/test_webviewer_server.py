@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 from exporter.agm import read_agm, write_agm
 from exporter.agm.synthetic import synthetic_bundle
 from exporter.cli.export import app as cli_app
+from tests.support.browser import require_tool
 from webviewer import server as server_mod
 from webviewer.headless import ServerThread
 from webviewer.qr import qr_matrix, qr_terminal
@@ -269,20 +269,20 @@ def test_qr_structure():
     assert len(text.splitlines()) == (25 + 8 + 1) // 2 - 1 or len(text.splitlines()) >= 15
 
 
-@pytest.mark.skipif(shutil.which("zbarimg") is None, reason="zbarimg (apt-get install zbar-tools) decodes the QR codes")
 @pytest.mark.parametrize("text", ["http://192.168.1.23:8000/", "a" * 17, "x" * 100,
                                   "http://example.local:8000/?bundle=" + "y" * 150, "z" * 271, "h\u00e9llo \u2713"])
 def test_qr_decodes_with_zbar(tmp_path, text):
+    zbarimg = require_tool("zbarimg", "zbar-tools")
     _qr_png(text, tmp_path / "qr.png")
-    out = subprocess.run(["zbarimg", "-q", "--raw", str(tmp_path / "qr.png")], capture_output=True, text=True)
+    out = subprocess.run([zbarimg, "-q", "--raw", str(tmp_path / "qr.png")], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.rstrip("\n") == text
 
 
-@pytest.mark.skipif(shutil.which("zbarimg") is None, reason="zbarimg (apt-get install zbar-tools) decodes the QR codes")
 def test_qr_every_mask_decodes(tmp_path):
+    zbarimg = require_tool("zbarimg", "zbar-tools")
     for mask in range(8):
         _qr_png("http://10.0.0.5:8000/", tmp_path / f"m{mask}.png", mask=mask)
-        out = subprocess.run(["zbarimg", "-q", "--raw", str(tmp_path / f"m{mask}.png")], capture_output=True, text=True)
+        out = subprocess.run([zbarimg, "-q", "--raw", str(tmp_path / f"m{mask}.png")], capture_output=True, text=True)
         assert out.stdout.strip() == "http://10.0.0.5:8000/", mask
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,8 +32,38 @@ ARTIFACTS = Path(os.environ.get("AGORA_TEST_ARTIFACTS", REPO / "test-artifacts")
 BACKGROUND = (0.1, 0.1, 0.12)
 
 
+def _tools_required() -> bool:
+    return os.environ.get("AGORA_REQUIRE_BROWSER") == "1"
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of command-line tool ``name``; without it the test is skipped (a failure under
+    ``AGORA_REQUIRE_BROWSER=1``, as scripts/test.sh sets)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"no '{name}' on PATH (apt-get install {package})"
+        if _tools_required():
+            pytest.fail(f"AGORA_REQUIRE_BROWSER=1 but {message}")
+        pytest.skip(message)
+    return path
+
+
+def require_npm_packages() -> Path:
+    """onnxruntime-web's files from ``npm ci`` (the benchmark page's baseline); skipped without them
+    (a failure under ``AGORA_REQUIRE_BROWSER=1``)."""
+    from webviewer.bench_server import ort_dir_default
+
+    path = ort_dir_default()
+    if not path.is_dir():
+        message = f"no onnxruntime-web files at {path} (run `npm ci --ignore-scripts` in the repository)"
+        if _tools_required():
+            pytest.fail(f"AGORA_REQUIRE_BROWSER=1 but {message}")
+        pytest.skip(message)
+    return path
+
+
 def _require_browser():
-    required = os.environ.get("AGORA_REQUIRE_BROWSER") == "1"
+    required = _tools_required()
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:

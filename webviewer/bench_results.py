@@ -4,7 +4,9 @@ A phone opens ``/bench``, runs AGORA-M and the onnxruntime-web baseline and taps
 the page POSTs its JSON to ``/bench/results`` and the server keeps it as one file in the results
 folder, with the device's user agent. Everything that arrives is untrusted: the body is limited to
 :data:`MAX_RESULT_BYTES`, must be JSON matching :data:`RESULT_SCHEMA` exactly (no unknown keys, the
-right types, finite numbers, bounded strings and lists), and the folder holds at most
+right types, finite numbers, bounded strings and lists; no nesting deeper than :data:`MAX_DEPTH`, no
+integer beyond float64's range such as a 5,000-digit one: refused before Python's parser would fail on
+them), and the folder holds at most
 :data:`MAX_RESULT_FILES` files. A rejected post writes nothing; an accepted one is written to a
 temporary file and renamed (never half a file).
 """
@@ -20,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from agora_core.types.io import atomic_write
+from agora_core.types.safe_json import JsonLimitError, loads_bounded
 
 SCHEMA_ID = "agora-bench/1"
 MAX_RESULT_BYTES = 256 * 1024
 MAX_RESULT_FILES = 1000
 MAX_SAMPLES = 5000
 MAX_TEXT = 512
+MAX_DEPTH = 8  # the schema nests 5 levels (result.modes[i].frame_ms.samples)
 
 
 class ResultError(ValueError):
@@ -102,19 +106,15 @@ def _check(value: Any, spec: Spec, where: str) -> None:
         raise AssertionError(f"bad spec at {where}: {spec!r}")
 
 
-def _reject_constant(name: str) -> None:
-    raise ResultError(f"{name} is not JSON (numbers must be finite)")
-
-
 def validate_result(body: bytes) -> dict:
     """Parse and check a posted result; ResultError (one line) if it is not a well-formed result."""
     if len(body) > MAX_RESULT_BYTES:
         raise ResultError(f"the result is larger than {MAX_RESULT_BYTES} bytes")
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except ResultError:
-        raise
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        data = loads_bounded(body.decode("utf-8"), MAX_DEPTH)
+    except JsonLimitError as exc:  # nested too deep, an integer beyond float64 (e.g. 5,000 digits), NaN
+        raise ResultError(f"the body is refused: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultError(f"the body is not JSON: {str(exc).splitlines()[0][:120]}") from None
     _check(data, RESULT_SCHEMA, "result")
     if data["schema"] != SCHEMA_ID:

@@ -59,6 +59,7 @@ from pathlib import Path
 import torch
 
 from agora_core.types.errors import AgoraError
+from agora_core.types.io import load_plain_torch
 
 STATE_VERSION = 1
 DEFAULT_OVERSAMPLING = 32
@@ -396,10 +397,7 @@ def load_state(path: Path, fingerprint: str) -> dict | None:
     """Load a saved state (``weights_only=True``); ``None`` when absent; AgoraError when it is another run's."""
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file
-        raise AgoraError(f"cannot read the saved progress '{path}' ({exc}); delete it to start over") from None
+    state = load_plain_torch(path, AgoraError, "progress file", "; delete it to start over")
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise AgoraError(f"'{path}' is not a progress file of this version; delete it to start over")
     if state.get("fingerprint") != fingerprint:

@@ -9,7 +9,6 @@ project never loads such files).
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from dataclasses import fields
 from pathlib import Path
@@ -21,7 +20,7 @@ from agora_core.generator.model import AgoraGenerator
 from agora_core.heads.model import HeadModel
 from agora_core.heads.sources import BUILTIN_HEAD, load_head_model
 from agora_core.types.errors import AgoraError
-from agora_core.types.io import atomic_write
+from agora_core.types.io import atomic_write, load_plain_torch
 
 FORMAT = "agora-generator"
 VERSION = 1
@@ -77,13 +76,7 @@ def load_plain_data(path: str | os.PathLike, error: type[AgoraError] = AgoraErro
         raise error(f"{what} not found: {path}")
     if not zipfile.is_zipfile(path):
         raise error(f"{path}: not a {what} (expected a torch.save zip archive)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise error(f"{path}: refused to load: it holds objects other than tensors and plain data "
-                    "(loading it could run code)") from None
-    except Exception as exc:  # zip/format errors of a corrupt or foreign file
-        raise error(f"{path}: not a readable {what} ({type(exc).__name__})") from None
+    return load_plain_torch(path, error, what)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -20,7 +20,10 @@ whose :meth:`~SafeUnpickler.find_class` answers from a fixed whitelist:
 Any other global raises :class:`UnsafePickleError` before it is looked up, so nothing outside
 the whitelist is imported or called. :func:`safe_load` then converts the stubs into numpy arrays
 (chumpy ``Ch`` objects from their ``x`` state, a few trivial chumpy ops by evaluating them,
-sparse matrices densified) and returns plain dicts / lists / numpy arrays.
+sparse matrices densified) and returns plain dicts / lists / numpy arrays. What that conversion may
+allocate is capped: all the arrays the stubs of one file make hold at most
+:data:`MAX_DENSE_ELEMENTS` values together (a chumpy op that broadcasts two small operands to a huge
+array is refused before it is computed), and a stub referenced many times is converted once.
 
 Python 2 pickles are read with ``encoding='latin1'`` (numpy's documented way of reading the raw
 array bytes stored as Python 2 ``str``).
@@ -89,7 +92,7 @@ class SparseStub(_Stub):
     format = "csc"
 
 
-MAX_DENSE_ELEMENTS = 50_000_000  # densified sparse matrices (FLAME's J_regressor is 5 x 5023)
+MAX_DENSE_ELEMENTS = 50_000_000  # all arrays the stubs of one file make (FLAME's are about 7 million values)
 
 _stub_cache: dict[tuple[str, str], type] = {}
 
@@ -193,27 +196,62 @@ class SafeUnpickler(pickle.Unpickler):
 
 
 # ----------------------------------------------------------------------------------- conversion
-def _to_array(value: Any) -> np.ndarray:
-    value = to_plain(value)
+class _Budget:
+    """What converting the stubs of one pickle may allocate in all, and the stubs already converted.
+
+    A chumpy operation broadcasts its operands (a few bytes in the file can describe a huge array)
+    and a pickle can reference one operation many times; every array a stub makes is counted against
+    :data:`MAX_DENSE_ELEMENTS`, and each stub object is converted once.
+    """
+
+    def __init__(self, limit: int = MAX_DENSE_ELEMENTS) -> None:
+        self.limit = limit
+        self.left = limit
+        self.done: dict[int, tuple[Any, np.ndarray]] = {}
+
+    def spend(self, count: int, what: str) -> None:
+        if count > self.left:
+            raise PickleConversionError(
+                f"{what} would make {count:,} values, more than the {self.limit:,} all arrays of a head-model "
+                "file may hold together (refused: a crafted file can describe a huge array in a few bytes)"
+            )
+        self.left -= count
+
+
+def _to_array(value: Any, budget: _Budget) -> np.ndarray:
+    value = to_plain(value, budget)
     return value if isinstance(value, np.ndarray) else np.asarray(value)
 
 
-def _chumpy_to_array(stub: ChumpyStub) -> np.ndarray:
+def _broadcast_size(stub: ChumpyStub, a: np.ndarray, b: np.ndarray) -> int:
+    try:
+        return int(np.prod(np.broadcast_shapes(a.shape, b.shape), dtype=np.int64))
+    except ValueError:
+        raise PickleConversionError(
+            f"chumpy {stub._qualified_name}: operands of shapes {list(a.shape)} and {list(b.shape)} do not broadcast"
+        ) from None
+
+
+def _chumpy_to_array(stub: ChumpyStub, budget: _Budget) -> np.ndarray:
     """Value of a chumpy object: ``Ch.x`` or a small set of elementwise / reshaping ops."""
     s, op = stub._state, type(stub).__name__
     binary: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
         "add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,
     }
     if op in binary and "a" in s and "b" in s:
-        return binary[op](_to_array(s["a"]), _to_array(s["b"]))
+        a, b = _to_array(s["a"], budget), _to_array(s["b"], budget)
+        budget.spend(_broadcast_size(stub, a, b), f"chumpy {stub._qualified_name}")
+        return binary[op](a, b)
     if op == "negative" and "x" in s:
-        return -_to_array(s["x"])
+        x = _to_array(s["x"], budget)
+        budget.spend(x.size, f"chumpy {stub._qualified_name}")
+        return -x
     if op == "reshape" and "a" in s and "newshape" in s:
-        return np.reshape(_to_array(s["a"]), s["newshape"])
+        return np.reshape(_to_array(s["a"], budget), s["newshape"])
     if op == "transpose" and "a" in s:
-        return np.transpose(_to_array(s["a"]), s.get("axes"))
+        return np.transpose(_to_array(s["a"], budget), s.get("axes"))
     if "x" in s:
-        return _to_array(s["x"])
+        return _to_array(s["x"], budget)
     raise PickleConversionError(
         f"cannot evaluate chumpy object {stub._qualified_name} (state keys {sorted(s)}); "
         "re-save the file with plain numpy arrays"
@@ -227,7 +265,7 @@ def _sparse_shape(state: dict) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _sparse_to_array(stub: SparseStub) -> np.ndarray:
+def _sparse_to_array(stub: SparseStub, budget: _Budget) -> np.ndarray:
     """Dense copy of a pickled CSC/CSR/COO matrix (state ``data``, ``indices``/``indptr`` or ``row``/``col``)."""
     s = stub._state
     rows, cols = _sparse_shape(s)
@@ -235,15 +273,16 @@ def _sparse_to_array(stub: SparseStub) -> np.ndarray:
         raise PickleConversionError(
             f"sparse matrix {stub._qualified_name} of shape {rows}x{cols} is too large to densify"
         )
-    data = _to_array(s.get("data"))
+    budget.spend(rows * cols, f"sparse matrix {stub._qualified_name} of shape {rows}x{cols}")
+    data = _to_array(s.get("data"), budget)
     dense = np.zeros((rows, cols), dtype=data.dtype if data.dtype != object else np.float64)
     try:
         if stub.format == "coo":
             r, c = (s["coords"] if "coords" in s else (s["row"], s["col"]))
             np.add.at(dense, (np.asarray(r, np.int64), np.asarray(c, np.int64)), data)
             return dense
-        indices = np.asarray(_to_array(s["indices"]), np.int64)
-        indptr = np.asarray(_to_array(s["indptr"]), np.int64)
+        indices = np.asarray(_to_array(s["indices"], budget), np.int64)
+        indptr = np.asarray(_to_array(s["indptr"], budget), np.int64)
     except KeyError as exc:
         raise PickleConversionError(f"sparse matrix {stub._qualified_name} lacks {exc}") from None
     major = rows if stub.format == "csr" else cols
@@ -257,22 +296,31 @@ def _sparse_to_array(stub: SparseStub) -> np.ndarray:
     return dense
 
 
-def to_plain(value: Any) -> Any:
-    """Recursively replace stubs with numpy arrays inside dicts, lists and tuples."""
-    if isinstance(value, ChumpyStub):
-        return _chumpy_to_array(value)
-    if isinstance(value, SparseStub):
-        return _sparse_to_array(value)
+def _convert_stub(stub: _Stub, budget: _Budget) -> np.ndarray:
+    """A stub's array, converted once per stub object however often the pickle references it."""
+    key = id(stub)
+    if key not in budget.done:
+        array = _chumpy_to_array(stub, budget) if isinstance(stub, ChumpyStub) else _sparse_to_array(stub, budget)
+        budget.done[key] = (stub, array)  # the stub is kept so that its id is not reused meanwhile
+    return budget.done[key][1]
+
+
+def to_plain(value: Any, budget: _Budget | None = None) -> Any:
+    """Recursively replace stubs with numpy arrays inside dicts, lists and tuples (all the arrays the
+    stubs make counted against one :data:`MAX_DENSE_ELEMENTS` budget)."""
+    budget = _Budget() if budget is None else budget
+    if isinstance(value, (ChumpyStub, SparseStub)):
+        return _convert_stub(value, budget)
     if isinstance(value, dict):
-        return {k: to_plain(v) for k, v in value.items()}
+        return {k: to_plain(v, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [to_plain(v) for v in value]
+        return [to_plain(v, budget) for v in value]
     if isinstance(value, tuple):
-        return tuple(to_plain(v) for v in value)
+        return tuple(to_plain(v, budget) for v in value)
     if isinstance(value, np.ndarray) and value.dtype == object:
         out = np.empty(value.shape, dtype=object)
         for idx, item in np.ndenumerate(value):
-            out[idx] = to_plain(item)
+            out[idx] = to_plain(item, budget)
         return out
     return value
 

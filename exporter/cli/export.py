@@ -221,7 +221,7 @@ def bundle(
     import time
 
     from agora_core.agora_m.extract import extract_agora_m
-    from agora_core.types.io import file_sha256
+    from agora_core.types.io import file_sha256, temp_sibling
     from exporter.agm.build import build_bundle, stored_fidelity
     from exporter.agm.read import read_agm
     from exporter.agm.sparsify import sparsify
@@ -258,12 +258,9 @@ def bundle(
         sparsify(agm, result, sparse_tolerance)
     options = dict(quant=quant.value)
     # write once, measure the stored (quantised/sparse) bundle, then write the file with its own report
-    probe = out.with_name(f".{out.name}.probe")
-    try:
+    with temp_sibling(out, "probe") as probe:
         write_agm(agm, probe, **options)
         agm.fidelity["stored"] = stored_fidelity(read_agm(probe), result, gen)
-    finally:
-        probe.unlink(missing_ok=True)
     stats = write_agm(agm, out, **options)
     elapsed = time.perf_counter() - t0
     typer.echo(bundle_summary(out, result, agm, stats, elapsed))

@@ -131,11 +131,16 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def require_suffix(path: Path, suffix: str) -> None:
-    """An output path must end in ``suffix`` and lie in a folder (that may not exist yet)."""
+    """An output path must end in ``suffix`` and be writable now: not a directory, a file name the file
+    system accepts, in a folder (that may not exist yet) where this user can create files. Commands call
+    this first, so a bad output is refused before minutes of work, naming the user's path."""
+    from agora_core.types.io import check_writable
+
     if path.suffix.lower() != suffix:
         raise AgoraError(f"output must be a {suffix} file, got '{path}'")
     if path.parent.exists() and not path.parent.is_dir():
         raise AgoraError(f"cannot write '{path}': '{path.parent}' is not a directory")
+    check_writable(path)
 
 
 __all__ = ["CheckpointOpt", "HeadOpt", "MODEL_DEFAULTS", "ModelOptions", "Quant", "fail", "model_options",

@@ -33,8 +33,8 @@ raises :class:`OfficialFormatError` with a one-line message naming the file and 
 from __future__ import annotations
 
 import gzip
-import json
 import math
+import pickle
 import re
 import struct
 import zlib
@@ -49,6 +49,7 @@ from agora_core.heads.flame import EXPRESSION_RANGE
 from agora_core.types.errors import AgoraError
 from agora_core.types.gaussians import Gaussians, rgb_to_sh_dc
 from agora_core.types.io import file_sha256
+from agora_core.types.safe_json import loads_bounded
 from agora_core.types.spec import GROUP_NAMES, GROUPS, condition_tail_specs, parameter_spec
 from exporter.agm.model import AgmBasis, AgmBundle, AgmIdentity, AgmLayer, AgmMLP, fold_identity_into_bias
 from exporter.agm.sparsify import sparsify_bases
@@ -73,6 +74,7 @@ MAX_GAUSSIANS = 1 << 24  # sanity bounds checked before anything is allocated fr
 MAX_RANK = 4096
 MAX_WIDTH = 1 << 16
 MAX_JSON_BYTES = 512 << 20
+MAX_JSON_DEPTH = 8  # mlp_weights.json nests 4 levels (layers[j].weight[row])
 DEFAULT_SLOPE = 0.2  # the authors' LeakyReLU
 
 
@@ -210,12 +212,11 @@ def _torch_load(path: Path) -> dict:
         _fail(path, "file not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every failure of the restricted loader is a refusal
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
-            _fail(path, "needs more than tensors and plain containers to load (it would run pickled code), "
-                        f"refused; re-save it with plain tensors ({first[:120]})")
-        _fail(path, f"not a readable PyTorch file ({first[:160]})")
+    except pickle.UnpicklingError:  # the restricted unpickler met an object: in our words, not PyTorch's advice
+        _fail(path, "needs more than tensors and plain containers to load (it would run code stored in the "
+                    "file), refused; re-save it with plain tensors")
+    except Exception as exc:  # noqa: BLE001 - zip/format errors of a corrupt or foreign file
+        _fail(path, f"not a readable PyTorch file ({type(exc).__name__})")
     if not isinstance(obj, dict):
         _fail(path, f"expected a dict of tensors, got {type(obj).__name__}")
     return obj
@@ -332,8 +333,7 @@ def _load_json(path: Path) -> dict:
     if path.stat().st_size > MAX_JSON_BYTES:
         _fail(path, f"larger than {MAX_JSON_BYTES >> 20} MB: not an MLP/camera JSON")
     try:
-        obj = json.loads(path.read_bytes().decode("utf-8"),
-                         parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not valid JSON")))
+        obj = loads_bounded(path.read_bytes().decode("utf-8"), MAX_JSON_DEPTH)
     except (UnicodeDecodeError, ValueError) as exc:
         _fail(path, f"not valid JSON ({str(exc).splitlines()[0][:120]})")
     if not isinstance(obj, dict):

@@ -43,6 +43,7 @@ import numpy as np
 
 from agora_core.types.errors import AgoraError
 from agora_core.types.io import atomic_write
+from agora_core.types.safe_json import JsonLimitError, loads_bounded
 from agora_core.types.spec import ARKIT_NAMES, CONDITION_TAIL
 
 FLAME_TAIL = CONDITION_TAIL
@@ -69,9 +70,10 @@ SMIRK_KEYS = {"expression": ("expression_params", "exp", "expression"),
               "jaw": ("jaw_params", "jawpose", "jaw", "jaw_pose"),
               "eyelids": ("eyelid_params", "eyelid", "eyelids")}
 VHAP_DROPPED = ("translation", "rotation", "neck_pose", "eyes_pose", "shape", "static_offset", "dynamic_offset")
-DEFAULT_FPS = {"smirk": 30.0, "vhap": 25.0, "arkit": 60.0}
+DEFAULT_FPS = {"smirk": 25.0, "vhap": 25.0, "arkit": 60.0}  # SMIRK: the rate the authors' exporter writes
 MAX_BYTES = 512 << 20
 MAX_FRAMES = 1_000_000
+MAX_JSON_DEPTH = 8  # the deepest sequence layout (MediaPipe lists in {fps, frames}) nests 5 levels
 EXP_NAME = re.compile(r"^exp_(\d+)$")
 
 
@@ -261,10 +263,6 @@ def _read_text(path: Path) -> str:
         _fail(str(path), "not UTF-8 text")
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_json_sequence(obj, label: str, fps: float | None = None) -> DrivingSequence:
     """A parsed JSON value: the viewer/authors' format, or ARKit weights (see the module docstring)."""
     if isinstance(obj, dict) and "num_frames" in obj and "frames" in obj:
@@ -391,7 +389,8 @@ def _arkit_json(obj, label: str, fps: float | None) -> DrivingSequence:
     return _arkit_frames(label, rows, fps if fps is not None else file_fps, DEFAULT_FPS["arkit"], notes)
 
 
-TIMECODE = re.compile(r"^(\d+):(\d+):(\d+)[:;](\d+)(?:\.(\d+))?$")
+TIMECODE_SHAPE = re.compile(r"^\d+:\d+:\d+[:;]\d+(?:\.\d+)?$")
+TIMECODE = re.compile(r"^(\d{1,3}):(\d{1,2}):(\d{1,2})[:;](\d{1,3})(?:\.(\d{1,9}))?$")  # bounded: no huge ints
 
 
 def timecode_fps(codes: Sequence[str]) -> float | None:
@@ -412,9 +411,21 @@ def timecode_fps(codes: Sequence[str]) -> float | None:
     return float(next((rate for rate in (24, 25, 30, 50, 60, 120) if top < rate), top + 1))
 
 
+def _check_timecode_fields(label: str, codes: Sequence[str]) -> None:
+    """A timecode shaped ``h:m:s:f`` whose fields are longer than a timecode's (e.g. hundreds of digits) is
+    an error, not a frame rate computed from huge integers."""
+    for row, code in enumerate(codes, start=2):
+        if TIMECODE_SHAPE.match(code.strip()) and not TIMECODE.match(code.strip()):
+            _fail(label, f"row {row}, column Timecode: {code.strip()[:24]!r}... is not a timecode "
+                         "(hh:mm:ss:ff[.sub]: hours and frames of up to 3 digits, minutes and seconds of 2)")
+
+
 def read_arkit_csv(text: str, label: str, fps: float | None = None) -> DrivingSequence:
     """ARKit-52 CSV: a header row of names (Live Link Face layout accepted), one row per frame."""
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:  # a field over csv.field_size_limit() (131,072 characters), a NUL byte, ...
+        _fail(label, f"not a readable CSV ({exc})")
     rows = [r for r in rows if any(c.strip() for c in r)]
     if len(rows) < 2:
         _fail(label, "needs a header row of blendshape names and at least one frame row")
@@ -436,7 +447,9 @@ def read_arkit_csv(text: str, label: str, fps: float | None = None) -> DrivingSe
     notes = [f"dropped head/eye rotation columns: {', '.join(dropped)}"] if dropped else []
     if fps is None:
         tc = [j for j, h in enumerate(header) if h.lower() == "timecode"]
-        fps = timecode_fps([r[tc[0]] for r in rows[1:]]) if tc else None
+        codes = [r[tc[0]] for r in rows[1:]] if tc else []
+        _check_timecode_fields(label, codes)
+        fps = timecode_fps(codes) if codes else None
         if fps is not None:
             notes.append(f"fps {fps:g} from the timecodes")
     return DrivingSequence(names, frames, fps or DEFAULT_FPS["arkit"], "arkit", label, notes)
@@ -587,8 +600,11 @@ def read_sequence(path: str | Path, *, fps: float | None = None) -> DrivingSeque
     if suffix == ".csv":
         return read_arkit_csv(_read_text(path), label, fps)
     if suffix == ".json":
+        text = _read_text(path)
         try:
-            obj = json.loads(_read_text(path), parse_constant=_reject_constant)
+            obj = loads_bounded(text, MAX_JSON_DEPTH)
+        except JsonLimitError as exc:  # too deep, an out-of-range integer, NaN/Infinity
+            _fail(label, str(exc))
         except ValueError as exc:
             _fail(label, f"not valid JSON ({str(exc).splitlines()[0][:120]})")
         return parse_json_sequence(obj, label, fps)

@@ -35,7 +35,7 @@ const FLAME_TAIL = ["jaw_x", "jaw_y", "jaw_z", "eyelid_l", "eyelid_r"];
 const SMIRK_KEYS = { expression: ["expression_params", "exp", "expression"], jaw: ["jaw_params", "jawpose", "jaw", "jaw_pose"],
   eyelids: ["eyelid_params", "eyelid", "eyelids"] };
 const VHAP_DROPPED = ["translation", "rotation", "neck_pose", "eyes_pose", "shape", "static_offset", "dynamic_offset"];
-const DEFAULT_FPS = { smirk: 30, vhap: 25, arkit: 60 };
+const DEFAULT_FPS = { smirk: 25, vhap: 25, arkit: 60 }; // SMIRK: the rate the authors' exporter writes
 const EXP = /^exp_(\d+)$/;
 const MAX_BYTES = 512 << 20;
 

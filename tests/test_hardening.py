@@ -248,3 +248,104 @@ def test_bench_results_with_a_5000_digit_integer_answer_400(tmp_path):
     message = r.get_json()["error"]
     assert "an integer of 5000 digits is out of range" in message and "\n" not in message
     assert not results.exists() or list(results.iterdir()) == []
+
+
+# ============================================================================ import-official
+def _release(tmp_path: Path, **kwargs):
+    from tests.test_official_import import make_release
+
+    root = tmp_path / "rel"
+    return root, *make_release(root, **kwargs)
+
+
+EXACT_CLI = ["--no-outlier-filter", "--no-scale-cull"]  # the random test Gaussians are sparse: keep them all
+
+
+def test_import_refuses_a_w_code_one_value_short(tmp_path):
+    from tests.test_official_import import write_mlp_json
+
+    root, layers, _, idents = _release(tmp_path)
+    write_mlp_json(root / "mlp_weights.json", layers, idents[0][1][:-1])  # 511 values, the first layer still 567
+    out = tmp_path / "x.agm"
+    one_line_error(runner.invoke(app, ["import-official", str(root), str(out), *EXACT_CLI]),
+                   "'w_code' has 511 values, the authors' identity code w has 512",
+                   "a 56-value condition instead of 55", "every parameter name shifted by 1")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def _save_mlp_pt(path: Path, layers) -> None:
+    torch.save({"state_dict": {f"net.{2 * j}.{n}": torch.from_numpy(np.ascontiguousarray(t))
+                               for j, (W, b) in enumerate(layers) for n, t in (("weight", W), ("bias", b))}}, path)
+
+
+def test_import_cross_checks_the_pt_and_json_mlps(tmp_path):
+    from exporter.agm import read_agm
+
+    root, layers, _, _ = _release(tmp_path)
+    other = [(W + np.float32(0.01), b) for W, b in layers]
+    _save_mlp_pt(root / "mlp_regressor.pt", other)
+    out = tmp_path / "x.agm"
+    one_line_error(runner.invoke(app, ["import-official", str(root), str(out), *EXACT_CLI]),
+                   "mlp_regressor.pt: its MLP differs from", "mlp_weights.json's (layers[0].weight by up to 0.01",
+                   "--prefer pt", "--prefer web")
+    assert not out.exists()
+    for prefer, want, source in (("pt", other, "mlp_regressor.pt"), ("web", layers, "mlp_weights.json")):
+        result = runner.invoke(app, ["import-official", str(root), str(out), "--prefer", prefer, *EXACT_CLI])
+        assert result.exit_code == 0, result.output
+        assert f"MLP from {source}" in result.output
+        np.testing.assert_array_equal(read_agm(out).mlp.layers[1].weight, want[1][0])
+    _save_mlp_pt(root / "mlp_regressor.pt", layers)  # the same MLP in both: no --prefer needed
+    assert runner.invoke(app, ["import-official", str(root), str(out), *EXACT_CLI]).exit_code == 0
+
+
+def test_import_reads_the_gz_when_it_differs_from_the_bin(tmp_path):
+    from exporter.agm import read_agm
+    from tests.test_official_import import basis_arrays, write_basis
+
+    root, _, U, _ = _release(tmp_path)
+    U_gz = basis_arrays(9)
+    write_basis(root / "pca_basis_K6.bin.gz", U_gz, gz=True)
+    out = tmp_path / "x.agm"
+    result = runner.invoke(app, ["import-official", str(root), str(out), "--quant", "fp16", "--dense", *EXACT_CLI])
+    assert result.exit_code == 0, result.output
+    assert "bases from pca_basis_K6.bin.gz" in result.output
+    assert "note: pca_basis_K6.bin and pca_basis_K6.bin.gz differ: used pca_basis_K6.bin.gz" in result.output
+    np.testing.assert_array_equal(read_agm(out).bases["xyz"].values, U_gz["xyz"])
+    write_basis(root / "pca_basis_K6.bin.gz", U, gz=True)  # the same content: no note
+    result = runner.invoke(app, ["import-official", str(root), str(out), *EXACT_CLI])
+    assert result.exit_code == 0 and "note:" not in result.output, result.output
+
+
+def _dense_neutral(outliers: slice, seed: int = 0):
+    """300 Gaussians: a 0.5 mm grid (visible) except ``outliers``, 5 cm apart; the 3 smallest in the grid."""
+    from tests.test_official_import import G, neutral_arrays
+
+    means, scales, quats, opac, rgb = neutral_arrays(100 + seed)
+    grid = np.stack(np.meshgrid(np.arange(15), np.arange(20), indexing="ij"), -1).reshape(-1, 2) * 5e-4
+    means = np.concatenate([grid, np.zeros((G, 1))], 1).astype(np.float32)
+    far = np.arange(G)[outliers]
+    means[far] = np.stack([0.05 * (1 + np.arange(len(far))), np.full(len(far), 0.1), np.zeros(len(far))], 1)
+    scales = np.full((G, 3), 2e-3, np.float32)
+    scales[[3, 50, 120]] = 1e-4
+    opac[:] = 0.8
+    return means, scales, quats, opac, rgb
+
+
+def test_import_hides_what_the_authors_viewer_hides(tmp_path):
+    from exporter.agm import read_agm
+    from tests.test_official_import import G, write_neutral
+
+    root, *_ = _release(tmp_path, identities=2)
+    write_neutral(root / "seed_10" / "base_attributes.bin", *_dense_neutral(slice(280, 300)))
+    write_neutral(root / "seed_11" / "base_attributes.bin", *_dense_neutral(slice(290, 300), seed=1))
+    out = tmp_path / "x.agm"
+    result = runner.invoke(app, ["import-official", str(root), str(out)])
+    assert result.exit_code == 0, result.output
+    assert "hidden as in the authors' viewer: 30 outliers, 6 smallest; 13 not stored, 10 transparent" in result.output
+    agm = read_agm(out)
+    assert agm.gaussian_count == G - 13  # outliers of both identities and the 3 smallest are not stored
+    first, second = (i.neutral.opacities.numpy() for i in agm.identities)
+    assert np.all(first[-10:] == 0) and np.all(second[-10:] > 0.5)  # outliers of seed 10 only: transparent there
+    result = runner.invoke(app, ["import-official", str(root), str(out), *EXACT_CLI])
+    assert result.exit_code == 0 and "hidden" not in result.output
+    assert read_agm(out).gaussian_count == G

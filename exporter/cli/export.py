@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -176,7 +177,8 @@ def onnx(
 @user_errors
 @model_options
 def bundle(
-    out: Path = typer.Argument(..., help=".agm bundle to write."),
+    out: Path = typer.Argument(..., help=".agm bundle to write (checked to be writable before the extraction "
+                                         "starts: not a directory, in a folder you can write)."),
     seed: list[int] = typer.Option(
         [42], "--seed", help="Identity seed(s); repeat for a multi-identity bundle sharing one set of bases."
     ),
@@ -431,20 +433,31 @@ def bench_serving(bundle_path: Path, baseline_onnx: Path | None, baseline_inputs
     return {"baseline": baseline, "results_dir": folder, "ort_dir": ort_dir, "page": "bench"}
 
 
+class Prefer(str, Enum):
+    """Which of the authors' two MLP/basis copies ``import-official`` uses when both are there."""
+
+    pt = "pt"
+    web = "web"
+
+
 @app.command("import-official")
 @user_errors
 def import_official_cmd(
     folder: Path = typer.Argument(
         ...,
         help="The authors' AGORA-M web export folder (pca_basis_K<K>.bin[.gz], "
-        "base_attributes.bin, mlp_weights.json, camera_params.json, or seed_<N>/ "
-        "sub-folders; see docs/interop.md).",
+        "base_attributes.bin[.gz], mlp_weights.json, camera_params.json, or seed_<N>/ "
+        "sub-folders; see docs/interop.md). Of a .bin and a .bin.gz the .gz is read, as their viewer does.",
     ),
     out: Path = typer.Argument(..., help=".agm bundle to write."),
     svd: Path | None = typer.Option(
         None, help="Their svd_basis.pt (float32 bases; default: FOLDER/svd_basis.pt if present)."
     ),
     mlp: Path | None = typer.Option(None, help="Their mlp_regressor.pt (default: FOLDER/mlp_regressor.pt if present)."),
+    prefer: Prefer | None = typer.Option(
+        None, help="When mlp_regressor.pt and mlp_weights.json are both there they must hold the same MLP, or the "
+        "import is refused; 'pt' uses the .pt files, 'web' the web export (JSON MLP, basis textures) instead."
+    ),
     rank: int | None = typer.Option(
         None, min=1, help="K: keep the first K bases per group (default: all of the largest basis file)."
     ),
@@ -455,14 +468,25 @@ def import_official_cmd(
     sparse_tolerance: float = typer.Option(
         1.0, min=0.0, help="With --sparse: multiplier of the visibility tolerances."
     ),
+    outlier_filter: bool = typer.Option(
+        True, "--outlier-filter/--no-outlier-filter", help="Hide what the authors' viewer hides: Gaussians whose "
+        "mean distance to their 8 nearest neighbours is above 3 mm."
+    ),
+    scale_cull: bool = typer.Option(
+        True, "--scale-cull/--no-scale-cull", help="Hide what the authors' viewer hides: Gaussians whose mean scale "
+        "is below the neutral avatar's 1st percentile."
+    ),
 ) -> None:
     """Convert the authors' AGORA-M release (web export and/or svd_basis.pt + mlp_regressor.pt) into one .agm:
-    their w_code folded into the MLP bias, their 55-value condition layout kept, baked RGB stored as SH DC."""
+    their w_code folded into the MLP bias, their 55-value condition layout kept, baked RGB stored as SH DC.
+    Every file is checked: w_code must have their 512 values (one short would shift every parameter name),
+    the .pt and JSON MLPs must agree (else --prefer), and the Gaussians their viewer hides are hidden."""
     from exporter.interop.official import import_official
 
     require_suffix(out, ".agm")
     rep = import_official(folder, out, quant=quant.value, sparse=sparse, sparse_tolerance=sparse_tolerance,
-                          rank=rank, svd=svd, mlp_pt=mlp)
+                          rank=rank, svd=svd, mlp_pt=mlp, prefer=prefer.value if prefer else None,
+                          outlier_filter=outlier_filter, scale_cull=scale_cull)
     st, rel = rep.stats, rep.release
     lines = [f"wrote {out}",
              f"  {rel.gaussian_count:,} Gaussians x {len(rel.identities)} identity(ies), K = {rel.rank} per group "
@@ -472,6 +496,12 @@ def import_official_cmd(
              f"{st.basis_bytes_per_gaussian:.1f} B/Gaussian, {st.quant}"
              + (f", kept {', '.join(f'{g} {100 * f:.0f}%' for g, f in rep.kept.items())}; typical coefficients from "
                 f"the {rep.rms_source})" if rep.kept is not None else ", dense)")]
+    if rep.hidden is not None:
+        h = rep.hidden
+        lines.append(f"  hidden as in the authors' viewer: {h.outliers:,} outliers, {h.small:,} smallest; "
+                     f"{h.removed:,} not stored" + (f", {h.transparent:,} transparent in some identities"
+                                                   if h.transparent else ""))
+    lines += [f"  note: {n}" for n in rel.notes]
     typer.echo("\n".join(lines))
 
 
@@ -480,8 +510,9 @@ def import_official_cmd(
 def sequence(
     src: Path = typer.Argument(
         ...,
-        help="Driving sequence: viewer/authors' JSON, SMIRK outputs (folder or .npz), "
-        "VHAP flame_param.npz (or folder), ARKit-52 CSV/JSON.",
+        help="Driving sequence: viewer/authors' JSON, SMIRK outputs (folder or .npz, 25 fps unless --fps), "
+        "VHAP flame_param.npz (or folder), ARKit-52 CSV/JSON. Read as untrusted: JSON nested deeper than 8 "
+        "levels, integers over 308 digits, CSV fields over 131,072 characters are refused with one error line.",
     ),
     out: Path = typer.Argument(..., help="The viewer's sequence JSON to write."),
     bundle: Path | None = typer.Option(
@@ -495,7 +526,8 @@ def sequence(
     smooth: int = typer.Option(0, min=0, help="Savitzky-Golay smoothing window in frames (odd, >= 3; 0 = none)."),
     smooth_order: int = typer.Option(2, min=0, help="Polynomial order of the smoothing."),
 ) -> None:
-    """Convert a driving sequence to the viewer's JSON, optionally checked against a bundle and smoothed."""
+    """Convert a driving sequence to the viewer's JSON, optionally checked against a bundle and smoothed.
+    A malformed or crafted file ends with one error line (exit status 2) and writes nothing."""
     from exporter.agm import read_agm
     from exporter.interop.sequences import convert_sequence
 

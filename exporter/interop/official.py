@@ -29,6 +29,13 @@ rotation, opacity); the ``w`` columns of the first layer are folded into a per-i
 ``.agm``). Their baked RGB has no view dependence: it is stored as the SH DC term with zero
 degree-1 bands. Every size is checked against the file: a wrong, truncated or inconsistent file
 raises :class:`OfficialFormatError` with a one-line message naming the file and the problem.
+
+Checks beyond sizes: ``w_code`` must have exactly the :data:`AUTHORS_W_DIM` (512) values of their
+identity code, since a shorter one would shift every condition name (:func:`check_condition_split`);
+``mlp_regressor.pt`` and the JSON MLP must agree unless ``prefer`` chooses; of ``X.bin`` and
+``X.bin.gz`` the ``.gz`` is read, as their viewer does (:func:`prefer_gz`); and by default the
+Gaussians their viewer hides (:mod:`exporter.interop.authors_filters`) are hidden
+(:func:`hide_like_authors`).
 """
 from __future__ import annotations
 
@@ -54,6 +61,7 @@ from agora_core.types.spec import GROUP_NAMES, GROUPS, condition_tail_specs, par
 from exporter.agm.model import AgmBasis, AgmBundle, AgmIdentity, AgmLayer, AgmMLP, fold_identity_into_bias
 from exporter.agm.sparsify import sparsify_bases
 from exporter.agm.write import WriteStats, write_agm
+from exporter.interop.authors_filters import NEIGHBOURS, OUTLIER_DISTANCE_M, SMALL_PERCENTILE, hidden_mask
 
 HEADER = struct.Struct("<4I")
 NEUTRAL_FILE = "base_attributes.bin"
@@ -76,6 +84,8 @@ MAX_WIDTH = 1 << 16
 MAX_JSON_BYTES = 512 << 20
 MAX_JSON_DEPTH = 8  # mlp_weights.json nests 4 levels (layers[j].weight[row])
 DEFAULT_SLOPE = 0.2  # the authors' LeakyReLU
+AUTHORS_W_DIM = 512  # their identity code w (StyleGAN's W space): the first 512 inputs of their MLP
+MLP_AGREEMENT = 1e-5  # largest relative difference between the .pt and JSON MLPs taken as "the same weights"
 
 
 class OfficialFormatError(AgoraError):
@@ -376,9 +386,7 @@ def read_mlp_json(path: str | Path) -> tuple[OfficialMLP, np.ndarray, int | None
     K = obj.get("K")
     if K is not None and (isinstance(K, bool) or not isinstance(K, int) or K < 1):
         _fail(path, f"'K' must be a positive integer, got {K!r}")
-    if layers[0][0].shape[1] <= w.shape[0]:
-        _fail(path, f"size mismatch: the first layer takes {layers[0][0].shape[1]} inputs, not more than "
-                    f"the {w.shape[0]}-value w_code")
+    check_condition_split(path, layers[0][0].shape[1], w.shape[0])
     return OfficialMLP(layers, float(slope)), w, K
 
 
@@ -472,6 +480,7 @@ class OfficialRelease:
     mlp_source: Path
     coefficient_rms: dict[str, np.ndarray] | None = None
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def gaussian_count(self) -> int:
@@ -493,31 +502,132 @@ def _identity_folders(root: Path) -> list[tuple[str, int | None, Path]]:
     return sorted(found, key=lambda t: t[1])
 
 
-def _existing(folder: Path, name: str) -> Path | None:
+def same_content(plain: Path, gz: Path) -> bool:
+    """Whether ``gz`` decompresses to exactly the bytes of ``plain`` (streamed, never beyond ``plain``'s
+    length + 1 byte; a corrupt ``.gz`` counts as different)."""
+    size = plain.stat().st_size
+    try:
+        with plain.open("rb") as a, gzip.open(gz, "rb") as b:
+            while True:
+                chunk = a.read(1 << 20)
+                if b.read(len(chunk) if chunk else 1) != chunk:
+                    return False
+                if not chunk:
+                    return a.tell() == size
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+def prefer_gz(plain: Path, notes: list[str] | None = None) -> Path:
+    """``plain``, or ``plain.gz`` when that exists: the authors' viewer loads the ``.gz`` files, so when both
+    are present and differ, the ``.gz`` is the one their avatar shows (noted in ``notes``)."""
+    gz = plain.with_name(plain.name + ".gz")
+    if not gz.is_file():
+        return plain
+    if notes is not None and plain.is_file() and not same_content(plain, gz):
+        notes.append(f"{plain.name} and {gz.name} differ: used {gz.name}, as the authors' viewer does")
+    return gz
+
+
+def _existing(folder: Path, name: str, notes: list[str] | None = None) -> Path | None:
     for cand in (folder / name, folder / (name + ".gz")):
         if cand.is_file():
-            return cand
+            return prefer_gz(folder / name, notes)
     return None
 
 
-def basis_files(root: Path) -> dict[int, Path]:
-    """``{K: path}`` of the ``pca_basis_K<K>.bin[.gz]`` files in ``root`` (plain preferred over .gz)."""
+def basis_files(root: Path, notes: list[str] | None = None) -> dict[int, Path]:
+    """``{K: path}`` of the ``pca_basis_K<K>.bin[.gz]`` files in ``root`` (the ``.gz`` preferred when both
+    exist, as the authors' viewer loads it; a difference is noted in ``notes``)."""
     out: dict[int, Path] = {}
     for p in sorted(root.iterdir()):
         m = BASIS_PATTERN.match(p.name)
-        if m and p.is_file() and (int(m.group(1)) not in out or not m.group(2)):
-            out[int(m.group(1))] = p
+        if m and p.is_file() and int(m.group(1)) not in out:
+            out[int(m.group(1))] = prefer_gz(root / f"pca_basis_K{m.group(1)}.bin", notes)
     return out
 
 
+PREFER_CHOICES = ("pt", "web")
+
+
+def _pt_sources(root: Path, svd: str | Path | None, mlp_pt: str | Path | None,
+                prefer: str | None) -> tuple[Path | None, Path | None]:
+    """The ``svd_basis.pt`` and ``mlp_regressor.pt`` to use (None: the web export's texture / JSON)."""
+    if prefer is not None and prefer not in PREFER_CHOICES:
+        raise OfficialFormatError(f"--prefer must be one of {', '.join(PREFER_CHOICES)}, got {prefer!r}")
+    if prefer == "web":
+        if svd is not None or mlp_pt is not None:
+            raise OfficialFormatError("--prefer web uses the web export's bases and MLP: it cannot go with --svd/--mlp")
+        return None, None
+    svd_path = Path(svd) if svd is not None else (root / SVD_FILE if (root / SVD_FILE).is_file() else None)
+    mlp_path = Path(mlp_pt) if mlp_pt is not None else (root / MLP_PT_FILE if (root / MLP_PT_FILE).is_file() else None)
+    return svd_path, mlp_path
+
+
+def _largest_difference(a: OfficialMLP, b: OfficialMLP) -> tuple[float, str]:
+    """The largest absolute difference between two MLPs of equal shapes, and where it is."""
+    worst, where = 0.0, "layer 0"
+    for j, ((Wa, ba), (Wb, bb)) in enumerate(zip(a.layers, b.layers)):
+        for what, x, y in (("weight", Wa, Wb), ("bias", ba, bb)):
+            diff = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+            if diff > worst:
+                worst, where = diff, f"layers[{j}].{what}"
+    return worst, where
+
+
+def check_condition_split(path: Path, in_features: int, w_len: int, w_dim: int = AUTHORS_W_DIM) -> int:
+    """The condition width of a first layer taking ``w_code ++ condition``, checked exactly: ``w_code``
+    must have the ``w_dim`` values of the authors' identity code. A ``w_code`` even one value short
+    would make the first layer's remaining inputs a condition one value wider, shifting every parameter
+    name by one (a sequence would then drive the wrong parameters): refused."""
+    if w_len != w_dim:
+        raise OfficialFormatError(
+            f"{path}: size mismatch: 'w_code' has {w_len} values, the authors' identity code w has {w_dim}: the "
+            f"first layer's {in_features} inputs would be read as a {in_features - w_len}-value condition instead "
+            f"of {in_features - w_dim}, every parameter name shifted by {abs(w_dim - w_len)} (refused)")
+    width = in_features - w_len
+    if width < 5:
+        raise OfficialFormatError(f"{path}: size mismatch: the MLP takes {in_features} inputs = w_code {w_len} + "
+                                  f"{width} condition values, fewer than jaw (3) + eyelids (2)")
+    return width
+
+
+def _shared_mlp(identities: list[OfficialIdentity], mlp_path: Path | None,
+                prefer: str | None) -> tuple[OfficialMLP, Path]:
+    """The MLP the bundle uses, checked against every identity's JSON: the same shapes; the same weights
+    (between identities always; between ``mlp_regressor.pt`` and the JSON unless ``--prefer`` chose)."""
+    first_json = identities[0].folder / MLP_FILE
+    shared, source = (read_mlp_pt(mlp_path), mlp_path) if mlp_path is not None else (identities[0].mlp, first_json)
+    for ident in identities:
+        jpath = ident.folder / MLP_FILE
+        shapes = [W.shape for W, _ in ident.mlp.layers]
+        if shapes != [W.shape for W, _ in shared.layers]:
+            raise OfficialFormatError(f"{jpath}: size mismatch: its layers {shapes} differ from {source}'s")
+        diff, where = _largest_difference(ident.mlp, shared)
+        if mlp_path is None and diff > 0:
+            raise OfficialFormatError(f"{jpath}: its MLP weights differ from {source}'s (the identities of one "
+                                      "bundle share one MLP; import them separately)")
+        if mlp_path is not None and prefer is None and diff > MLP_AGREEMENT * max(1.0, _largest_weight(shared)):
+            raise OfficialFormatError(
+                f"{mlp_path}: its MLP differs from {jpath}'s ({where} by up to {diff:.3g}): refusing to guess which "
+                "one the avatar was made with; choose with --prefer pt (the .pt files) or --prefer web (the JSON)")
+    return shared, source
+
+
+def _largest_weight(mlp: OfficialMLP) -> float:
+    return max(float(np.max(np.abs(W))) for W, _ in mlp.layers)
+
+
 def read_release(root: str | Path, *, rank: int | None = None, svd: str | Path | None = None,
-                 mlp_pt: str | Path | None = None) -> OfficialRelease:
+                 mlp_pt: str | Path | None = None, prefer: str | None = None) -> OfficialRelease:
     """Read a release folder (layout in the module docstring and ``docs/interop.md``).
 
     Bases come from ``svd`` / ``DIR/svd_basis.pt`` when present (float32), else from the basis
     texture with the smallest ``K >= rank`` (the largest without ``rank``); MLP weights from
     ``mlp_pt`` / ``DIR/mlp_regressor.pt`` when present, else from the identity's JSON (which must
-    then agree between identities).
+    then agree between identities). When both the ``.pt`` MLP and the JSON MLP are there they must
+    agree, unless ``prefer`` (``"pt"`` / ``"web"``) says which to use; ``"web"`` ignores the ``.pt``
+    files. Of a ``.bin`` and a ``.bin.gz`` the ``.gz`` is read (the authors' viewer's choice).
     """
     root = Path(root)
     if not root.is_dir():
@@ -528,10 +638,12 @@ def read_release(root: str | Path, *, rank: int | None = None, svd: str | Path |
         extra = (f" ({' and '.join(pts)} hold the bases and the MLP only, not the neutral avatar)" if pts else "")
         raise OfficialFormatError(f"{root}: no {NEUTRAL_FILE} in the folder or in seed_<N>/ sub-folders: the neutral "
                                   f"Gaussians are missing{extra}")
+    svd_path, mlp_path = _pt_sources(root, svd, mlp_pt, prefer)
     files: list[Path] = []
+    notes: list[str] = []
     identities = []
     for name, seed, folder in folders:
-        npath = _existing(folder, NEUTRAL_FILE)
+        npath = _existing(folder, NEUTRAL_FILE, notes)
         neutral, _ = read_neutral(npath)
         jpath = folder / MLP_FILE
         mlp, w, declared = read_mlp_json(jpath)
@@ -544,13 +656,12 @@ def read_release(root: str | Path, *, rank: int | None = None, svd: str | Path |
         identities.append(OfficialIdentity(name, seed, folder, neutral, w, mlp, declared, camera))
     G = identities[0].neutral.count
 
-    svd_path = Path(svd) if svd is not None else (root / SVD_FILE if (root / SVD_FILE).is_file() else None)
     rms = None
     if svd_path is not None:
         bases, rms = read_svd_basis(svd_path, G)
         basis_source = svd_path
     else:
-        table = basis_files(root)
+        table = basis_files(root, notes)
         if not table:
             raise OfficialFormatError(f"{root}: no bases: neither pca_basis_K<K>.bin[.gz] nor {SVD_FILE}")
         usable = sorted(k for k in table if rank is None or k >= rank)
@@ -567,28 +678,9 @@ def read_release(root: str | Path, *, rank: int | None = None, svd: str | Path |
         rms = None if rms is None else {g: v[:rank] for g, v in rms.items()}
     files.append(basis_source)
 
-    mlp_path = Path(mlp_pt) if mlp_pt is not None else (root / MLP_PT_FILE if (root / MLP_PT_FILE).is_file() else None)
+    shared, mlp_source = _shared_mlp(identities, mlp_path, prefer)
     if mlp_path is not None:
-        shared, mlp_source = read_mlp_pt(mlp_path), mlp_path
         files.append(mlp_path)
-    else:
-        shared, mlp_source = identities[0].mlp, identities[0].folder / MLP_FILE
-    for ident in identities:
-        jpath = ident.folder / MLP_FILE
-        shapes = [W.shape for W, _ in ident.mlp.layers]
-        if shapes != [W.shape for W, _ in shared.layers]:
-            raise OfficialFormatError(f"{jpath}: size mismatch: its layers {shapes} differ from {mlp_source}'s")
-        if mlp_path is None and any(not np.array_equal(a[0], b[0]) or not np.array_equal(a[1], b[1])
-                                    for a, b in zip(ident.mlp.layers, shared.layers)):
-            raise OfficialFormatError(f"{jpath}: its MLP weights differ from {mlp_source}'s (the identities of one "
-                                      "bundle share one MLP; import them separately)")
-        if shared.in_features <= ident.w_code.shape[0]:
-            raise OfficialFormatError(f"{jpath}: size mismatch: the MLP takes {shared.in_features} inputs, not more "
-                                      f"than the {ident.w_code.shape[0]}-value w_code")
-        if shared.in_features - ident.w_code.shape[0] < 5:
-            raise OfficialFormatError(f"{jpath}: size mismatch: the MLP takes {shared.in_features} inputs = w_code "
-                                      f"{ident.w_code.shape[0]} + {shared.in_features - ident.w_code.shape[0]} "
-                                      "condition values, fewer than jaw (3) + eyelids (2)")
     out = shared.out_features
     if out % 4:
         raise OfficialFormatError(f"{mlp_source}: size mismatch: the MLP has {out} outputs, not 4 x K")
@@ -600,7 +692,7 @@ def read_release(root: str | Path, *, rank: int | None = None, svd: str | Path |
     if bases["xyz"].shape[0] > k_mlp:
         raise OfficialFormatError(f"{basis_source}: size mismatch: {bases['xyz'].shape[0]} bases but the MLP gives "
                                   f"only {k_mlp} coefficients per group")
-    return OfficialRelease(root, identities, bases, basis_source, shared, mlp_source, rms, files)
+    return OfficialRelease(root, identities, bases, basis_source, shared, mlp_source, rms, files, notes)
 
 
 def release_to_bundle(release: OfficialRelease) -> AgmBundle:
@@ -661,21 +753,68 @@ def coefficient_rms_from_mlp(bundle: AgmBundle, samples: int = 256, seed: int = 
 
 
 @dataclass
+class HiddenReport:
+    """What the authors' viewer filters hid in an import (counts over all identities)."""
+
+    outliers: int
+    small: int
+    removed: int  # hidden in every identity: not stored at all
+    transparent: int  # hidden in some identities only: opacity 0 in those identities' neutral avatars
+
+
+def hide_like_authors(release: OfficialRelease, *, outliers: bool = True, small: bool = True) -> HiddenReport:
+    """Apply the authors' viewer's two visibility filters (:mod:`exporter.interop.authors_filters`) to the
+    release in place: a Gaussian hidden in every identity is dropped (neutral avatars and bases); one
+    hidden in some identities only gets opacity 0 in those identities' neutral avatars."""
+    masks = [hidden_mask(i.neutral.means.numpy(), i.neutral.scales.numpy(), outliers=outliers, small=small)
+             for i in release.identities]
+    hidden = np.stack([m.mask for m in masks])
+    keep = ~hidden.all(axis=0)
+    if not keep.any():
+        raise OfficialFormatError(
+            f"{release.root}: the authors' viewer filters would hide every Gaussian (all are farther than "
+            f"{1e3 * OUTLIER_DISTANCE_M:g} mm from their {NEIGHBOURS} nearest neighbours or among the smallest "
+            "1 %): import with --no-outlier-filter / --no-scale-cull")
+    index = torch.from_numpy(np.flatnonzero(keep))
+    for ident, row in zip(release.identities, hidden):
+        neutral = ident.neutral
+        opacities = neutral.opacities.clone()
+        opacities[torch.from_numpy(row)] = 0.0
+        ident.neutral = Gaussians(means=neutral.means, scales=neutral.scales, quats=neutral.quats,
+                                  opacities=opacities, sh=neutral.sh).select(index)
+    release.bases = {g: np.ascontiguousarray(v[:, keep]) for g, v in release.bases.items()}
+    return HiddenReport(int(sum(m.outliers.sum() for m in masks)), int(sum(m.small.sum() for m in masks)),
+                        int((~keep).sum()), int((hidden & keep).any(axis=0).sum()))
+
+
+@dataclass
 class ImportReport:
     stats: WriteStats
     release: OfficialRelease
     kept: dict[str, float] | None
     rms_source: str | None
+    hidden: HiddenReport | None = None
 
 
 def import_official(root: str | Path, out: str | Path, *, quant: str = "int8", sparse: bool = True,
                     sparse_tolerance: float = 1.0, rank: int | None = None, svd: str | Path | None = None,
-                    mlp_pt: str | Path | None = None) -> ImportReport:
+                    mlp_pt: str | Path | None = None, prefer: str | None = None, outlier_filter: bool = True,
+                    scale_cull: bool = True) -> ImportReport:
     """Read a release folder and write it as an ``.agm`` (atomically), with this project's
     quantisation (``int8``/``fp16``) and visibility-tolerance sparsity
-    (:func:`exporter.agm.sparsify.sparsify_bases`)."""
-    release = read_release(root, rank=rank, svd=svd, mlp_pt=mlp_pt)
+    (:func:`exporter.agm.sparsify.sparsify_bases`). ``outlier_filter`` and ``scale_cull`` (on by
+    default) hide the Gaussians the authors' viewer hides (:func:`hide_like_authors`)."""
+    release = read_release(root, rank=rank, svd=svd, mlp_pt=mlp_pt, prefer=prefer)
+    hidden = hide_like_authors(release, outliers=outlier_filter, small=scale_cull) \
+        if outlier_filter or scale_cull else None
     bundle = release_to_bundle(release)
+    if hidden is not None:
+        bundle.provenance["hidden_like_authors_viewer"] = {
+            "outlier_filter": {"on": outlier_filter, "neighbours": NEIGHBOURS, "mean_distance_m": OUTLIER_DISTANCE_M},
+            "scale_cull": {"on": scale_cull, "percentile": SMALL_PERCENTILE},
+            "removed": hidden.removed, "transparent": hidden.transparent}
+    if prefer is not None:
+        bundle.provenance["prefer"] = prefer
     kept, rms_source = None, None
     if sparse:
         rms = release.coefficient_rms
@@ -687,9 +826,10 @@ def import_official(root: str | Path, out: str | Path, *, quant: str = "int8", s
         kept = sparsify_bases(bundle, full, rms, sparse_tolerance)
         bundle.provenance["sparse_rms_from"] = rms_source
     stats = write_agm(bundle, out, quant=quant)
-    return ImportReport(stats, release, kept, rms_source)
+    return ImportReport(stats, release, kept, rms_source, hidden)
 
 
 __all__ = ["OfficialFormatError", "OfficialMLP", "OfficialRelease", "read_neutral", "read_basis_texture",
            "read_svd_basis", "read_mlp_json", "read_mlp_pt", "read_camera", "read_release", "release_to_bundle",
-           "import_official", "flame_parameter_specs", "basis_files", "coefficient_rms_from_mlp"]
+           "import_official", "flame_parameter_specs", "basis_files", "coefficient_rms_from_mlp", "hide_like_authors",
+           "HiddenReport", "check_condition_split", "prefer_gz", "same_content", "PREFER_CHOICES"]

@@ -25,7 +25,10 @@ that do not fit; FLAME expression components beyond the bundle's count are dropp
 PCA space), bundle parameters the sequence does not drive stay at their default.
 :func:`savgol_smooth` is a Savitzky-Golay filter (the authors smooth their SMIRK tracks with one).
 numpy files are read with ``allow_pickle=False``; every size is checked and a bad file raises
-:class:`SequenceError` with one line naming it and the problem.
+:class:`SequenceError` with one line naming it and the problem. Files are untrusted: JSON is parsed
+by :func:`agora_core.types.safe_json.loads_bounded` (at most :data:`MAX_JSON_DEPTH` levels, integers
+of at most 308 digits, no NaN), a CSV field over Python's 131,072-character limit or a timecode with
+oversized fields is an error, never a crash.
 """
 from __future__ import annotations
 

@@ -134,6 +134,13 @@ def test_bundle_refuses_an_unwritable_output_before_the_extraction(tmp_path):
     assert list(directory.iterdir()) == []
 
 
+def test_onnx_refuses_a_features_output_onto_a_directory_before_exporting(tmp_path):
+    out = tmp_path / "a.onnx"
+    one_line_error(runner.invoke(app, ["onnx", "--preset", "tiny", "--features-out", str(tmp_path), str(out)]),
+                   f"cannot write '{tmp_path}': it is a directory")
+    assert not out.exists()
+
+
 SIGTERM_AT_WRITE = textwrap.dedent("""
     import os, signal, sys
     import agora_core.types.io as io

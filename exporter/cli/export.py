@@ -159,10 +159,12 @@ def onnx(
     Validated with onnx.checker and matched against PyTorch in onnxruntime."""
     import numpy as np
 
-    from agora_core.types.io import atomic_write
+    from agora_core.types.io import atomic_write, check_writable
     from exporter.interop.onnx_export import export_expression_path
 
     require_suffix(out, ".onnx")
+    if features_out is not None:
+        check_writable(features_out)
     gen = model.load()
     cache = model.identity(gen, seed)
     info = export_expression_path(gen, cache, out, opset=opset)

@@ -30,10 +30,10 @@ def site(tmp_path_factory):
     write_agm(arkit, d / "arkit.agm", quant="fp16")
     # a bundle imported from files in the authors' layout (written by tests/test_official_import.py's helpers)
     from exporter.interop.official import import_official
-    from tests.test_official_import import make_release
+    from tests.test_official_import import EXACT, make_release
 
     make_release(d / "release", identities=2, gz=True)
-    import_official(d / "release", d / "imported.agm", quant="int8", sparse=True)
+    import_official(d / "release", d / "imported.agm", quant="int8", sparse=True, **EXACT)
     s = make_site({"flame55.agm": d / "flame55.agm", "arkit.agm": d / "arkit.agm", "imported.agm": d / "imported.agm"})
     s.params = {"flame55.agm": flame.parameters, "arkit.agm": arkit.parameters}
     yield s

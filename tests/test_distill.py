@@ -270,3 +270,69 @@ def test_steps_cycle_through_gaussian_counts(tmp_path, builtin_head, one_thread)
     assert load_generator(export_distilled(d, tmp_path / "m.pt"), builtin_head).num_gaussians == 614
     with pytest.raises(DistillError, match="gaussian_counts"):
         tiny_distill(gaussian_counts=(5,)).validate()
+
+
+def test_full_intensity_expressions_reach_the_end_of_their_range(builtin_head):
+    from agora_core.heads.expressions import ExpressionPrior
+
+    prior = ExpressionPrior.for_head(builtin_head)
+    x = prior.sample(range(64), seed=3).numpy()
+    y = prior.at_full_intensity(x).numpy()
+    E = builtin_head.num_expression
+    hi = builtin_head.expression_ranges[:, 1].numpy()
+    for a, b in zip(x, y):
+        if not np.any(a[:E]):  # neutral rows stay neutral
+            np.testing.assert_array_equal(a[:E], b[:E])
+            continue
+        assert np.all((a[:E] == 0) == (b[:E] == 0))  # the same units, none added
+        assert np.all(np.abs(b[:E]) >= np.abs(a[:E]) - 1e-6)
+        assert np.isclose(np.max(b[:E] / hi), 1.0, atol=1e-5) or np.any(b[:E] < 0)
+        assert b[E] <= prior.settings.jaw_max + 1e-6
+        if np.any(a[-2:] > 0):
+            assert np.isclose(b[-2:].max(), 1.0)
+    blink = np.zeros((1, builtin_head.condition_dim), np.float32)
+    blink[0, builtin_head.expression_names.index("eyeBlinkLeft")] = 0.3
+    assert prior.at_full_intensity(blink)[0, builtin_head.expression_names.index("eyeBlinkLeft")] == 1.0
+
+
+def test_sharpening_options(builtin_head, one_thread):
+    with pytest.raises(DistillError, match="footprint"):
+        tiny_distill(footprint=5.0).validate()
+    with pytest.raises(DistillError, match="opacity_on"):
+        tiny_distill(opacity_on="nope").validate()
+    with pytest.raises(DistillError, match="full_intensity_fraction"):
+        tiny_distill(full_intensity_fraction=1.5).validate()
+    narrow = Distiller(tiny_distill(), builtin_head)
+    wide = Distiller(tiny_distill(footprint=0.9, full_intensity_fraction=1.0, opacity_on="neutral"), builtin_head)
+    ratio = torch.linalg.matrix_norm(wide.cov_target) / torch.linalg.matrix_norm(narrow.cov_target)
+    assert float(ratio.median()) == pytest.approx((0.9 / 0.6) ** 2, rel=1e-3)
+    # every expressive row of a full-intensity batch has a unit at the end of its range
+    batch = wide.draw(0)
+    E = builtin_head.num_expression
+    hi, lo = builtin_head.expression_ranges[:, 1], builtin_head.expression_ranges[:, 0]
+    c = batch.condition[:, :E]
+    reach = torch.where(c > 0, c / hi.clamp_min(1e-9), torch.where(c < 0, c / lo.clamp_max(-1e-9), torch.zeros_like(c)))
+    moving = batch.condition[:, :E].abs().sum(-1) > 0
+    assert torch.allclose(reach[moving].amax(-1), torch.ones(int(moving.sum())), atol=1e-5)
+    # the same identities and expressions as a run without full intensity, only scaled up
+    base = narrow.draw(0)
+    assert np.array_equal(base.seeds, batch.seeds)
+    assert torch.equal(base.condition != 0, batch.condition != 0)
+    terms = wide.losses(wide.G, batch)
+    assert torch.isfinite(terms["opacity"]) and "image_change" not in terms
+
+
+def test_expression_change_term(builtin_head, one_thread):
+    from agora_core.training.distill import DistillLosses
+
+    d = Distiller(tiny_distill(full_intensity_fraction=1.0, losses=DistillLosses(image_change=1.0)), builtin_head)
+    batch = d.draw(0)
+    batch.condition[:, :] = 0.0
+    assert float(d.losses(d.G, batch)["image_change"]) == 0.0  # nothing moves: no change to match
+    batch = d.draw(0)
+    batch.condition[0, builtin_head.expression_names.index("jawOpen")] = 1.0
+    terms = d.losses(d.G, batch)
+    assert float(terms["image_change"].detach()) > 0.0
+    terms["image_change"].backward()
+    grads = [p.grad for p in d.G.deformation.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)  # it trains the deformation branch

@@ -176,6 +176,26 @@ class ExpressionPrior:
             return self._gaussian(index, seed)
         return self._arkit(index, seed)
 
+    def at_full_intensity(self, conditions: np.ndarray) -> torch.Tensor:
+        """``[n, condition_dim]`` conditions scaled up until the strongest expression unit of each row
+        reaches the end of its range (the jaw rotation follows, the eyelids go to their own full range):
+        the extremes a sampled prior rarely reaches, such as a full blink or a wide smile."""
+        x = np.array(conditions, dtype=np.float64, copy=True).reshape(-1, self.condition_dim)
+        E = self.num_expression
+        lo, hi = self.ranges[:, 0], self.ranges[:, 1]
+        reach = np.where(x[:, :E] > 0, x[:, :E] / np.where(hi > 0, hi, np.inf),
+                         x[:, :E] / np.where(lo < 0, lo, -np.inf))  # fraction of its range each unit uses
+        strongest = reach.max(axis=1, initial=0.0)
+        gain = np.where(strongest > 1e-6, 1.0 / np.maximum(strongest, 1e-6), 1.0)[:, None]
+        x[:, :E + 3] *= gain
+        jaw_max = self.settings.gaussian_jaw_max if self.kind == "gaussian" else self.settings.jaw_max
+        x[:, E] = np.minimum(x[:, E], jaw_max)
+        lids = x[:, -2:]
+        x[:, -2:] = lids / np.maximum(lids.max(axis=1, keepdims=True), 1e-6) * (lids > 0)
+        for row in x:
+            self._clip(row)
+        return torch.from_numpy(x.astype(np.float32))
+
     def _permutation(self, seed: int) -> np.ndarray:
         cached = getattr(self, "_perm_cache", None)
         if cached is None or cached[0] != seed:

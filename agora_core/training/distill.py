@@ -84,6 +84,8 @@ class DistillLosses:
     opacity: float = 0.5
     image_l1: float = 1.0
     image_ssim: float = 0.3
+    image_change: float = 0.0  # L1 between the model's and the teacher's change from neutral (same identity,
+    #                            camera); 0: off (the neutral renders it needs cost about half a step more)
 
 
 @dataclass
@@ -110,6 +112,13 @@ class DistillConfig:
     gaussian_counts: tuple[int, ...] = ()  # lattices the steps cycle through, e.g. (16000, 65000); (): the preset's
     posed_target: str = "affine"  # posed covariance target: "affine" (turned and stretched with the triangle) or
     #                               "rotation" (turned only)
+    footprint: float = 0.6  # covariance target: std of a Gaussian in lattice cells (0.6 leaves gaps between
+    #                         cells at phone sizes; ~0.8 closes them)
+    opacity_on: str = "posed"  # where the opacity term applies: "posed" (every posed Gaussian) or "neutral" (the
+    #                            identity branch and the neutral rows only, so the deformation branch may hide
+    #                            Gaussians an expression covers, e.g. the eyes in a blink)
+    full_intensity_fraction: float = 0.0  # rows whose expression is scaled up until its strongest unit is at full
+    #                                       range (a full blink, a wide smile: the prior rarely reaches them)
     init_from: str | None = None  # fine-tune: start from this generator checkpoint (same preset and identity map)
     seed: int = 0
     device: str = "cpu"
@@ -130,6 +139,12 @@ class DistillConfig:
                 f"gaussian_counts must lie in [100, 2000000], got {list(self.gaussian_counts)}", DistillError)
         require(self.posed_target in ("affine", "rotation"),
                 f"posed_target must be 'affine' or 'rotation', got '{self.posed_target}'", DistillError)
+        require(self.opacity_on in ("posed", "neutral"),
+                f"opacity_on must be 'posed' or 'neutral', got '{self.opacity_on}'", DistillError)
+        require(0.2 <= self.footprint <= 2.0, f"footprint must lie in [0.2, 2] cells, got {self.footprint}",
+                DistillError)
+        require(0.0 <= self.full_intensity_fraction <= 1.0, "full_intensity_fraction must lie in [0, 1]",
+                DistillError)
         get_preset(self.preset)
         return self
 
@@ -230,7 +245,8 @@ class Distiller:
                 g.set_gaussian_count(count)
         if count not in self._targets:
             teacher = Teacher(self.head, self.G.sample_face, self.G.sample_bary)
-            cov = lattice_covariances(self.head, self.G.sample_face, 1.0 / self.G.lattice).to(self.device)
+            cov = lattice_covariances(self.head, self.G.sample_face, 1.0 / self.G.lattice,
+                                      sigma_factor=self.cfg.footprint).to(self.device)
             self._targets[count] = (teacher, cov)
         self.teacher, self.cov_target = self._targets[count]
 
@@ -258,6 +274,9 @@ class Distiller:
         cond = torch.stack([torch.from_numpy(self.prior.sample_one(int(r), seed=cfg.seed)) for r in rows]).float()
         neutral = torch.from_numpy(rng.random(cfg.batch) < cfg.neutral_fraction)
         cond[neutral] = 0.0
+        if cfg.full_intensity_fraction > 0.0:  # drawn only when asked for: runs without it keep their draws
+            full = torch.from_numpy(rng.random(cfg.batch) < cfg.full_intensity_fraction)
+            cond[full] = self.prior.at_full_intensity(cond[full].numpy()).float()
         yaw = torch.from_numpy(rng.uniform(-cfg.yaw_deg, cfg.yaw_deg, cfg.image_batch)).float()
         pitch = torch.from_numpy(rng.uniform(-cfg.pitch_deg, cfg.pitch_deg, cfg.image_batch)).float()
         return StepBatch(training_seeds(cfg, step), cond.to(self.device), yaw, pitch)
@@ -284,7 +303,13 @@ class Distiller:
         residuals = G.deformation_residuals(cache, cond)
         verts = self.teacher.posed(shape, batch.condition)
         gauss = G.compose(cache, residuals, verts)
-        out["opacity"] = (gauss.opacities - TEACHER_OPACITY).square().mean()
+        if cfg.opacity_on == "posed":
+            out["opacity"] = (gauss.opacities - TEACHER_OPACITY).square().mean()
+        else:  # the identity branch everywhere, the deformation branch only where nothing moves
+            still = (batch.condition == 0).all(-1)
+            canonical = (torch.sigmoid(cache.opacity_logits) - TEACHER_OPACITY).square().mean()
+            posed = (gauss.opacities[still] - TEACHER_OPACITY).square().mean() if still.any() else canonical * 0
+            out["opacity"] = 0.5 * (canonical + posed)
         out["deform_position"] = (residuals["position"] / 1e-3).square().mean()
         with torch.no_grad():
             neutral_verts = self.teacher.posed(shape)
@@ -302,7 +327,28 @@ class Distiller:
             image = rasterize(gauss[:k], camera, background=self.background).image
             out["image_l1"] = (image - target).abs().mean()
             out["image_ssim"] = 1.0 - ssim(image.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)).mean()
+            if cfg.losses.image_change > 0:
+                out["image_change"] = self._change_loss(G, cache, looks, shape, batch, camera, image, target)
         return out
+
+    def _change_loss(self, G: AgoraGenerator, cache, looks, shape: torch.Tensor, batch: StepBatch, camera: Camera,
+                     image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """L1 between the model's change from its neutral render and the teacher's (expressive rows of
+        the image batch): the change an expression makes must not fade where the model is blurrier."""
+        k = image.shape[0]
+        moving = (batch.condition[:k] != 0).any(-1)
+        if not bool(moving.any()):
+            return image.new_zeros(())
+        rows = moving.nonzero().squeeze(-1)
+        cam = camera[rows]
+        rest = torch.zeros_like(batch.condition[rows])
+        with torch.no_grad():
+            t_rest = self.teacher.render([looks[int(i)] for i in rows], shape[rows], rest, cam)
+        sub = cache.select(rows)
+        neutral = Condition.from_vector(rest, self.head.num_expression)
+        m_gauss = G.compose(sub, G.deformation_residuals(sub, neutral), self.teacher.posed(shape[rows]))
+        m_rest = rasterize(m_gauss, cam, background=self.background).image
+        return ((image[rows] - m_rest) - (target[rows] - t_rest)).abs().mean()
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         w = asdict(self.cfg.losses)

@@ -161,6 +161,14 @@ def distill(
     seed: int = typer.Option(DISTILL.seed, help="Seed of the initial weights and of every random draw."),
     posed_target: str = typer.Option(DISTILL.posed_target, help="Covariance target of the posed Gaussians: 'affine' "
                                      "(turned and stretched with their triangle) or 'rotation' (turned only)."),
+    footprint: float = typer.Option(DISTILL.footprint, min=0.2, max=2.0, help="Covariance target: a Gaussian's "
+                                    "std in lattice cells (larger closes the gaps between cells at phone sizes)."),
+    opacity_on: str = typer.Option(DISTILL.opacity_on, help="Opacity term on every 'posed' Gaussian, or only on the "
+                                   "'neutral' ones (lets the deformation branch hide what an expression covers)."),
+    full_intensity: float = typer.Option(DISTILL.full_intensity_fraction, min=0.0, max=1.0, help="Fraction of "
+                                         "expressions scaled to full intensity (full blinks, wide smiles)."),
+    image_change: float = typer.Option(0.0, min=0.0, help="Weight of the expression-change term: L1 between the "
+                                       "model's and the teacher's change (0: off; it costs neutral renders)."),
     init_from: Path | None = typer.Option(None, help="Fine-tune: start from this generator checkpoint (a distilled "
                                                      "model of the same preset)."),
     gaussian_counts: str = typer.Option("", help="Comma-separated Gaussian counts the steps cycle through (e.g. "
@@ -177,13 +185,15 @@ def distill(
 ) -> None:
     """Distil the synthetic teacher into the generator (UV-space + image losses): how the built-in model is made."""
     from agora_core.heads.builtin import builtin_head_model
-    from agora_core.training.distill import DistillConfig, DistillPaths, open_distill_run
+    from agora_core.training.distill import DistillConfig, DistillLosses, DistillPaths, open_distill_run
     from agora_core.training.distill import distill as run_distill
 
     paths = DistillPaths(out)
     cfg = DistillConfig(preset=preset, steps=steps, batch=batch, image_batch=image_batch, resolution=resolution, lr=lr,
                         seed=seed, device=device, threads=threads, max_minutes=max_minutes, sample_every=sample_every,
-                        checkpoint_every=checkpoint_every, posed_target=posed_target,
+                        checkpoint_every=checkpoint_every, posed_target=posed_target, footprint=footprint,
+                        opacity_on=opacity_on, full_intensity_fraction=full_intensity,
+                        losses=DistillLosses(image_change=image_change),
                         gaussian_counts=parse_counts(gaussian_counts),
                         init_from=str(init_from) if init_from else None).validate()
     distiller = open_distill_run(paths, cfg, builtin_head_model(), resume)

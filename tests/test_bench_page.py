@@ -180,6 +180,10 @@ def test_bench_page_runs_both_modes_and_posts_its_result(page, site, tiny, basel
     assert "SwiftShader" in (dev["gpu"] or "")
     assert result["settings"]["width"] == 192 and result["settings"]["sequence"] == "demo.json"
     assert "HeadlessChrome" in result["user_agent"]
+    # the page says how it ran: isolated (loopback is a secure context), onnxruntime-web's threads
+    assert result["settings"]["threads"] == 2
+    assert "Ran cross-origin isolated, onnxruntime-web wasm with 2 thread(s)." in page.text_content("#summary")
+    assert "cross-origin isolated; onnxruntime-web wasm threads:" in page.text_content("#info")
 
     assert result["agreement"]["means_rms_mm"] > 0  # checked against Python in the next test
 

@@ -192,12 +192,18 @@ def test_range_requests(live, bundle_path):
 
 # ============================================================================ serve command
 def test_serve_command_validates_and_starts(monkeypatch, bundle_path, tmp_path):
-    calls = []
-    monkeypatch.setattr(server_mod, "serve", lambda bundles, host, port, echo: calls.append((bundles, host, port)))
+    calls, seen = [], []
+
+    def fake_serve(bundles, host, port, echo, options=None, lan=None):
+        calls.append((bundles, host, port))
+        seen.append((options, lan))
+
+    monkeypatch.setattr(server_mod, "serve", fake_serve)
     runner = CliRunner()
     r = runner.invoke(cli_app, ["serve", str(bundle_path)])
     assert r.exit_code == 0, r.output
     assert calls == [([bundle_path], "127.0.0.1", 8000)]
+    assert seen[-1] == (server_mod.ServeOptions(), [])  # plain HTTP, no extra names, no LAN on loopback
     r = runner.invoke(cli_app, ["serve", str(bundle_path), "--host", "0.0.0.0", "--port", "9001"])
     assert r.exit_code == 0 and calls[-1][1:] == ("0.0.0.0", 9001)
     r = runner.invoke(cli_app, ["serve", str(tmp_path / "missing.agm")])

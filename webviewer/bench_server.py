@@ -8,7 +8,8 @@
 * ``GET /baseline/model.onnx``  the baseline's model; ``GET /baseline/inputs.bin`` its identity inputs
 * ``POST /bench/results``       a result from the page: at most ``MAX_RESULT_BYTES``, JSON, schema
   checked (:mod:`webviewer.bench_results`), saved atomically in the results folder; 400/413/415
-  with a one-line JSON error and nothing written otherwise; 403 when no folder is configured
+  with a one-line JSON error and nothing written otherwise; 403 when no folder is configured; 429
+  (with ``Retry-After``) past the per-client rate limit (:class:`webviewer.guards.RateLimit`)
 
 These responses carry a Content-Security-Policy that also allows ``'wasm-unsafe-eval'`` (compiling
 onnxruntime's WebAssembly), still same-origin only; the page and its workers are cross-origin
@@ -19,11 +20,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flask import Flask, abort, jsonify, request, send_from_directory
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Flask, abort, jsonify, request
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from exporter.interop.baseline import Baseline
 from webviewer.bench_results import MAX_RESULT_BYTES, ResultError, save_result, validate_result
+from webviewer.encoding import CompressedCache, send_encoded
+from webviewer.guards import DEFAULT_RATE_LIMIT, RateLimit, RateLimiter, retry_after
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ORT_DIR = REPO_ROOT / "node_modules" / "onnxruntime-web" / "dist"
@@ -48,10 +51,14 @@ def wasm_csp(csp: str) -> str:
 
 
 def register_bench(app: Flask, static_dir: Path, csp: str, *, baseline: Baseline | None = None,
-                   results_dir: Path | None = None, ort_dir: Path | None = None) -> None:
-    """Add the benchmark routes to the viewer app (see the module docstring)."""
+                   results_dir: Path | None = None, ort_dir: Path | None = None,
+                   compressed: CompressedCache | None = None, rate_limit: RateLimit = DEFAULT_RATE_LIMIT) -> None:
+    """Add the benchmark routes to the viewer app (see the module docstring); files go through
+    ``compressed`` (:mod:`webviewer.encoding`)."""
     ort_root = Path(ort_dir or ort_dir_default()).resolve()
     bench_csp = wasm_csp(csp)
+    compressed = compressed if compressed is not None else CompressedCache()
+    limiter = RateLimiter(rate_limit)
     app.extensions["agora_bench"] = {"baseline": baseline, "results_dir": results_dir, "ort_dir": ort_root}
 
     def with_csp(response):
@@ -61,15 +68,13 @@ def register_bench(app: Flask, static_dir: Path, csp: str, *, baseline: Baseline
 
     @app.get("/bench")
     def bench_page():
-        return with_csp(send_from_directory(static_dir, "bench.html", mimetype="text/html; charset=utf-8",
-                                            conditional=True, max_age=0))
+        return with_csp(send_encoded(static_dir / "bench.html", "text/html; charset=utf-8", compressed))
 
     @app.get("/ort/<name>")
     def ort_file(name: str):
         if name not in ORT_FILES or not (ort_root / name).is_file():
             abort(404)
-        return with_csp(send_from_directory(ort_root, name, mimetype=ORT_MIME[Path(name).suffix], conditional=True,
-                                            max_age=0))
+        return with_csp(send_encoded(ort_root / name, ORT_MIME[Path(name).suffix], compressed))
 
     @app.get("/bench/ort")
     def ort_listing():
@@ -94,11 +99,18 @@ def register_bench(app: Flask, static_dir: Path, csp: str, *, baseline: Baseline
     def post_result():
         if results_dir is None:
             return jsonify({"error": "this server does not save results (no results folder)"}), 403
+        wait = limiter.take(request.remote_addr or "")
+        if wait > 0:
+            return (jsonify({"error": f"too many results from {request.remote_addr}: try again in "
+                                      f"{retry_after(wait)} s"}), 429, {"Retry-After": retry_after(wait)})
         if request.mimetype != "application/json":
             return jsonify({"error": "results must be sent as application/json"}), 415
         if request.content_length is not None and request.content_length > MAX_RESULT_BYTES:
             return jsonify({"error": f"the result is larger than {MAX_RESULT_BYTES} bytes"}), 413
-        body = _read_limited(MAX_RESULT_BYTES)  # also bounds a chunked body (no Content-Length)
+        try:
+            body = _read_limited(MAX_RESULT_BYTES)  # also bounds a chunked body (no Content-Length)
+        except (OSError, ClientDisconnected):  # the server's read timeout: the body stopped coming
+            return jsonify({"error": "the result did not arrive in time"}), 408
         if body is None:
             return jsonify({"error": f"the result is larger than {MAX_RESULT_BYTES} bytes"}), 413
         try:

@@ -55,20 +55,22 @@ def launch_chromium(playwright, **kwargs):
 
 
 class ServerThread:
-    """A viewer server on 127.0.0.1 (a free port) in a background thread."""
+    """A viewer server on 127.0.0.1 (a free port) in a background thread: the production server
+    ``serve`` runs (:func:`webviewer.server.make_server`), HTTPS with ``tls`` (a ``TLSSetup``)."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        from werkzeug.serving import make_server
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, tls=None):
+        from webviewer.server import make_server
 
-        self.server = make_server(host, port, app, threaded=True)
+        self.server = make_server(app, host, port, tls=tls)
         self.host = host
         self.port = self.server.server_port
+        self.scheme = "https" if tls is not None else "http"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return f"{self.scheme}://{self.host}:{self.port}/"
 
     def close(self) -> None:
         self.server.shutdown()

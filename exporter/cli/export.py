@@ -384,8 +384,24 @@ def serve(
                                                "(default: bench-results/ beside the first bundle)."),
     checkpoint: CheckpointOpt = None,
     head: Annotated[str | None, typer.Option(help="With --bench, for a FLAME bundle: its head model file.")] = None,
+    https: bool = typer.Option(False, "--https", help="Serve HTTPS (a phone then gets a secure context: "
+                               "cross-origin isolation, onnxruntime-web threads, camera). Without --cert/--key: a "
+                               "local certificate authority made on first use in the user's config folder "
+                               "($XDG_CONFIG_HOME/agora/tls, or $AGORA_CONFIG_DIR/tls); its SHA-256 fingerprint "
+                               "is printed next to the QR code."),
+    cert: Path | None = typer.Option(None, help="With --https: your own certificate (PEM, the chain after it) "
+                                     "instead of the local one (needs --key)."),
+    key: Path | None = typer.Option(None, help="With --cert: its private key (PEM, unencrypted)."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Another host name (or address) the server "
+                                         "answers for, e.g. a DNS or mDNS name of this machine; repeatable. "
+                                         "Requests for any other name are refused (421), against DNS rebinding."),
 ) -> None:
-    """Serve the WebGL2 viewer and the given .agm bundle(s) (nothing else) until Ctrl-C."""
+    """Serve the WebGL2 viewer and the given .agm bundle(s) (nothing else) until Ctrl-C.
+
+    Runs on a production server (cheroot: bounded worker threads, 10 s socket timeouts), answers only
+    for the loopback names, the addresses it prints and --allow-host, and sends .agm, JS and JSON
+    compressed (br/gzip) to clients that accept it.
+    """
     from exporter.agm import read_agm
     from webviewer import server
 
@@ -399,7 +415,10 @@ def serve(
         options = bench_serving(bundles[0], baseline_onnx, baseline_inputs, results_dir, checkpoint, head)
     elif baseline_onnx or baseline_inputs or results_dir or checkpoint or head:
         raise AgoraError("--baseline-onnx, --baseline-inputs, --results-dir, --checkpoint and --head need --bench")
-    server.serve(bundles, host=host, port=port, echo=typer.echo, **options)
+    lan = server.lan_addresses() if server.is_wildcard(host) else []
+    tls = server.tls_setup(https, cert, key, server.announced_hosts(host, lan, allow_host))
+    serving = server.ServeOptions(tls=tls, allow_hosts=tuple(allow_host))
+    server.serve(bundles, host=host, port=port, echo=typer.echo, options=serving, lan=lan, **options)
 
 
 def bench_serving(bundle_path: Path, baseline_onnx: Path | None, baseline_inputs: Path | None,

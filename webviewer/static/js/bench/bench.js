@@ -113,7 +113,7 @@ function describePage() {
     env.sequence ? `driving sequence: ${env.sequence.label} (${env.sequence.numFrames} frames)` : "driving sequence: none (pseudo-random parameters)",
     env.baseline ? `ONNX baseline: ${(env.baseline.model_bytes / 1e6).toFixed(2)} MB, ${env.baseline.source}`
       : "ONNX baseline: not served (start the server with --bench)",
-    `cross-origin isolated: ${Boolean(globalThis.crossOriginIsolated)}`];
+    isolationLine(defaultThreads())];
   $("info").textContent = lines.join("\n");
   const select = $("ep");
   for (const option of select.options) {
@@ -121,6 +121,18 @@ function describePage() {
   }
   select.value = query.get("ep") || "wasm";
   $("frames").value = String(intParam("frames", 30, 1, 1000));
+}
+
+/**
+ * Whether the page is cross-origin isolated and how many onnxruntime-web (wasm) threads that allows;
+ * over plain HTTP from another machine (a phone on the LAN) the page is not a secure context, so not
+ * isolated, and onnxruntime-web runs one thread.
+ */
+function isolationLine(threads) {
+  const isolated = Boolean(globalThis.crossOriginIsolated);
+  const how = isolated ? "cross-origin isolated" : globalThis.isSecureContext
+    ? "NOT cross-origin isolated" : "NOT cross-origin isolated (not a secure context: use agora-export serve --https)";
+  return `${how}; onnxruntime-web wasm threads: ${threads}`;
 }
 
 // ------------------------------------------------------------------------------ the runs
@@ -295,6 +307,7 @@ function showResult(result) {
   const r = result.ratios;
   const a = result.agreement;
   $("summary").textContent = [
+    `Ran ${result.device.cross_origin_isolated ? "" : "NOT "}cross-origin isolated, onnxruntime-web ${result.settings.ep} with ${result.settings.threads} thread(s).`,
     r.animation_speedup !== null ? `AGORA-M animates ${r.animation_speedup}x faster than the ONNX baseline (medians).` : "",
     r.animated_over_static !== null ? `An AGORA-M animated frame costs ${r.animated_over_static}x a static frame.` : "",
     a ? `Same avatar: positions of both paths agree to ${a.means_rms_mm.toFixed(3)} mm RMS (max ${a.means_max_mm.toFixed(3)} mm).` : "",

@@ -87,7 +87,10 @@ function baseName(url) {
 async function fetchBuffer(url, what) {
   const response = await fetch(url);
   if (!response.ok) throw new Error(`${baseName(url)}: HTTP ${response.status} ${response.statusText}`);
-  const total = Number(response.headers.get("Content-Length")) || 0;
+  // a compressed transfer (Content-Encoding br/gzip) announces its compressed length; the server
+  // adds the decoded length for the progress line
+  const encoded = response.headers.get("Content-Encoding");
+  const total = Number(response.headers.get(encoded ? "X-Agora-Decoded-Length" : "Content-Length")) || 0;
   if (!response.body) return response.arrayBuffer();
   const reader = response.body.getReader();
   // write into one buffer of the announced size (no second copy of a 100+ MB bundle); chunks only

@@ -237,3 +237,32 @@ def test_baseline_in_the_browser_computes_the_full_path(page, site, tiny, baseli
     d = np.linalg.norm(agm - onnx_means, axis=1) * 1e3
     assert result["agreement"]["means_rms_mm"] == pytest.approx(float(np.sqrt((d ** 2).mean())), rel=1e-3, abs=1e-4)
     assert result["agreement"]["means_max_mm"] == pytest.approx(float(d.max()), rel=1e-3, abs=1e-4)
+
+
+def test_bench_page_of_a_static_site_runs_isolated_and_downloads_its_result(browser, tiny, baseline, tmp_path):
+    """`agora-export site --bench`: from a plain static server the page is isolated by the service
+    worker, runs onnxruntime-web with threads, and offers the result as a download (no server)."""
+    from tests.test_site import static_server
+    from webviewer.site import SiteBench, build_site
+
+    out = tmp_path / "site"
+    build_site([tiny], out, bench=SiteBench(baseline, DEFAULT_ORT_DIR))
+    assert (out / "baseline" / "model.onnx").read_bytes() == baseline.model
+    assert sorted(p.name for p in (out / "ort").iterdir()) == sorted({f for fs in ORT_EP_FILES.values() for f in fs})
+    context = browser.new_context(viewport={"width": 480, "height": 480}, accept_downloads=True)
+    try:
+        with static_server(out) as url:
+            page = context.new_page()
+            page.goto(url + "bench.html?size=128x128&threads=2")
+            page.wait_for_function("() => window.agoraBench && window.agoraBench.state === 'ready' "
+                                   "&& crossOriginIsolated", timeout=60000)
+            result = page.evaluate("() => window.agoraBench.run({frames: 2, warmup: 1})")
+            assert result["errors"] == [] and [m["name"] for m in result["modes"]] == ["static", "agora-m", "baseline"]
+            assert result["device"]["cross_origin_isolated"] is True and result["settings"]["threads"] == 2
+            with page.expect_download() as info:
+                page.click("#send")
+            saved = json.loads(Path(info.value.path()).read_text())
+            assert saved == result and info.value.suggested_filename.endswith(".json")
+            assert "downloaded as" in page.text_content("#saved")
+    finally:
+        context.close()

@@ -4,7 +4,8 @@
 * ``GET /ort/<name>``           onnxruntime-web's files, from the npm package installed by
   ``npm ci`` (``node_modules/onnxruntime-web/dist``, or ``$AGORA_ORT_DIR``): only the names in
   :data:`ORT_FILES` (one ES module + its wasm per execution provider), nothing else of that folder
-* ``GET /baseline``             JSON description of the ONNX baseline (404 when none is served)
+* ``GET /bench/ort.json`` (or ``/bench/ort``) which execution providers' files are there, with sizes
+* ``GET /baseline.json`` (or ``/baseline``) JSON description of the ONNX baseline (404 when none is served)
 * ``GET /baseline/model.onnx``  the baseline's model; ``GET /baseline/inputs.bin`` its identity inputs
 * ``POST /bench/results``       a result from the page: at most ``MAX_RESULT_BYTES``, JSON, schema
   checked (:mod:`webviewer.bench_results`), saved atomically in the results folder; 400/413/415
@@ -77,12 +78,12 @@ def register_bench(app: Flask, static_dir: Path, csp: str, *, baseline: Baseline
         return with_csp(send_encoded(ort_root / name, ORT_MIME[Path(name).suffix], compressed))
 
     @app.get("/bench/ort")
-    def ort_listing():
-        eps = {ep: all((ort_root / f).is_file() for f in files) for ep, files in ORT_EP_FILES.items()}
-        sizes = {name: (ort_root / name).stat().st_size for name in ORT_FILES if (ort_root / name).is_file()}
-        return jsonify({"providers": eps, "files": {ep: list(f) for ep, f in ORT_EP_FILES.items()}, "bytes": sizes})
+    @app.get("/bench/ort.json")
+    def ort_files():
+        return jsonify(ort_listing(ort_root))
 
     @app.get("/baseline")
+    @app.get("/baseline.json")
     def baseline_info():
         if baseline is None:
             return jsonify({"error": "no ONNX baseline is served (start `agora-export serve` with --bench)"}), 404
@@ -124,6 +125,13 @@ def register_bench(app: Flask, static_dir: Path, csp: str, *, baseline: Baseline
         return jsonify({"saved": path.name}), 201
 
 
+def ort_listing(ort_root: Path) -> dict:
+    """``/bench/ort.json``: which execution providers' files are there, and their sizes."""
+    eps = {ep: all((ort_root / f).is_file() for f in files) for ep, files in ORT_EP_FILES.items()}
+    sizes = {name: (ort_root / name).stat().st_size for name in ORT_FILES if (ort_root / name).is_file()}
+    return {"providers": eps, "files": {ep: list(f) for ep, f in ORT_EP_FILES.items()}, "bytes": sizes}
+
+
 def _read_limited(limit: int) -> bytes | None:
     """The request body, or None if it is longer than ``limit`` bytes (at most ``limit + 1`` are read)."""
     request.max_content_length = limit + 1
@@ -140,4 +148,4 @@ def _read_limited(limit: int) -> bytes | None:
     return None if size > limit else b"".join(chunks)
 
 
-__all__ = ["register_bench", "ORT_EP_FILES", "ORT_FILES", "DEFAULT_ORT_DIR", "wasm_csp"]
+__all__ = ["register_bench", "ort_listing", "ORT_EP_FILES", "ORT_FILES", "DEFAULT_ORT_DIR", "wasm_csp"]

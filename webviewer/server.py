@@ -6,7 +6,7 @@ Routes (GET and HEAD only):
 * ``/static/<path>``     the viewer's own files (``webviewer/static``; werkzeug's ``safe_join``
   refuses ``..``, absolute and drive paths, and a symbolic link that leads out of that folder is a
   404: nothing outside it is reachable)
-* ``/bundles``           JSON list of the served bundles ``[{"name", "url", "bytes"}]``
+* ``/bundles.json`` (or ``/bundles``) JSON list of the served bundles ``[{"name", "url", "bytes"}]``
 * ``/bundles/<name>``    one of the bundles given to :func:`create_app`, looked up by name in a
   fixed table (never by path), with a strong ETag, ``If-None-Match``/``If-Modified-Since`` (304) and
   HTTP ``Range``/``If-Range`` (206/416) support
@@ -129,8 +129,9 @@ def create_app(bundles: Sequence[str | Path], *, static_dir: str | Path = STATIC
         return send_static(static_dir, filename, compressed)
 
     @app.get("/bundles")
+    @app.get("/bundles.json")  # the name a static site (agora-export site) can have too
     def bundle_list():
-        return jsonify([{"name": b.name, "url": b.url, "bytes": b.path.stat().st_size} for b in table.values()])
+        return jsonify(bundle_listing(table))
 
     @app.get("/bundles/<name>")
     def bundle_file(name: str):
@@ -160,6 +161,11 @@ def create_app(bundles: Sequence[str | Path], *, static_dir: str | Path = STATIC
     app.extensions["agora_compressed"] = compressed
     app.wsgi_app = HostGuard(app.wsgi_app, allowed_hosts)
     return app
+
+
+def bundle_listing(table: dict[str, ServedBundle]) -> list[dict]:
+    """``/bundles.json``: name, URL and size of each served bundle."""
+    return [{"name": b.name, "url": b.url, "bytes": b.path.stat().st_size} for b in table.values()]
 
 
 def contained_file(root: Path, filename: str) -> Path | None:
@@ -349,4 +355,4 @@ def serve(bundles: Sequence[str | Path], host: str = DEFAULT_HOST, port: int = D
 mimetypes.add_type("text/javascript", ".js")  # some systems map .js to text/plain
 
 __all__ = ["create_app", "serve", "ServeOptions", "banner", "lan_addresses", "make_server", "bundle_table",
-           "announced_hosts", "contained_file", "tls_setup", "STATIC_DIR"]
+           "announced_hosts", "contained_file", "bundle_listing", "tls_setup", "STATIC_DIR"]

@@ -424,6 +424,17 @@ def serve(
 def bench_serving(bundle_path: Path, baseline_onnx: Path | None, baseline_inputs: Path | None,
                   results_dir: Path | None, checkpoint: Path | None, head: str | None) -> dict:
     """``serve --bench``: the baseline matching the bundle, the results folder, a check of onnxruntime-web."""
+    baseline, ort_dir = bench_baseline(bundle_path, baseline_onnx, baseline_inputs, checkpoint, head)
+    folder = results_dir if results_dir is not None else bundle_path.resolve().parent / "bench-results"
+    if folder.exists() and not folder.is_dir():
+        raise AgoraError(f"--results-dir {folder} is not a directory")
+    typer.echo(f"results sent from /bench are saved in {folder}")
+    return {"baseline": baseline, "results_dir": folder, "ort_dir": ort_dir, "page": "bench"}
+
+
+def bench_baseline(bundle_path: Path, baseline_onnx: Path | None, baseline_inputs: Path | None,
+                   checkpoint: Path | None, head: str | None):
+    """The ONNX baseline matching the bundle (built, or the given export) and onnxruntime-web's folder."""
     import time
 
     from exporter.interop.baseline import build_baseline, load_baseline
@@ -447,11 +458,46 @@ def bench_serving(bundle_path: Path, baseline_onnx: Path | None, baseline_inputs
         f"baseline: {baseline.num_gaussians:,} Gaussians, {len(baseline.model) / 1e6:.1f} MB, {baseline.source}; "
         f"{match} ({time.perf_counter() - t0:.1f} s)"
     )
-    folder = results_dir if results_dir is not None else bundle_path.resolve().parent / "bench-results"
-    if folder.exists() and not folder.is_dir():
-        raise AgoraError(f"--results-dir {folder} is not a directory")
-    typer.echo(f"results sent from /bench are saved in {folder}")
-    return {"baseline": baseline, "results_dir": folder, "ort_dir": ort_dir, "page": "bench"}
+    return baseline, ort_dir
+
+
+@app.command()
+@user_errors
+def site(
+    bundles: list[Path] = typer.Argument(..., help=".agm bundle(s), then the new folder to write (last)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Validate every bundle first."),
+    bench: bool = typer.Option(False, "--bench", help="Also the benchmark page (bench.html), onnxruntime-web's "
+                               "files and the ONNX baseline of the first bundle's avatar (results are offered as "
+                               "a download: a static host keeps no posts)."),
+    baseline_onnx: Path | None = typer.Option(None, help="With --bench: this `agora-export onnx` file as the "
+                                                 "baseline (needs --baseline-inputs)."),
+    baseline_inputs: Path | None = typer.Option(None, help="With --baseline-onnx: its identity inputs (.npz)."),
+    checkpoint: CheckpointOpt = None,
+    head: Annotated[str | None, typer.Option(help="With --bench, for a FLAME bundle: its head model file.")] = None,
+) -> None:
+    """Write the viewer, the bundles and the demo sequence as a self-contained folder for any static host
+    (GitHub Pages, S3, `python -m http.server`); a service worker makes the pages cross-origin isolated
+    where the host cannot set headers (HTTPS or localhost)."""
+    from exporter.agm import read_agm
+    from webviewer.site import SiteBench, build_site
+
+    if len(bundles) < 2:
+        raise AgoraError("give the bundle(s) and then the folder to write")
+    *inputs, out = bundles
+    for path in inputs:
+        if not path.is_file():
+            raise AgoraError(f"bundle not found: {path}")
+        if check:
+            read_agm(path)
+    extra = None
+    if bench:
+        extra = SiteBench(*bench_baseline(inputs[0], baseline_onnx, baseline_inputs, checkpoint, head))
+    elif baseline_onnx or baseline_inputs or checkpoint or head:
+        raise AgoraError("--baseline-onnx, --baseline-inputs, --checkpoint and --head need --bench")
+    files = build_site(inputs, out, bench=extra)
+    size = sum((out / f).stat().st_size for f in files)
+    typer.echo(f"wrote {out}: {len(files)} files, {size / 1e6:.2f} MB; try it: python -m http.server -d {out} "
+               f"-b 127.0.0.1 8000, then http://127.0.0.1:8000/" + ("bench.html" if bench else ""))
 
 
 class Prefer(str, Enum):

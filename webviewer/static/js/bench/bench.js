@@ -84,13 +84,13 @@ async function load() {
   if (size) viewer.setFixedSize([Number(size[1]), Number(size[2])]);
   let url = query.get("bundle");
   if (url && !url.includes("/")) url = `bundles/${encodeURIComponent(url)}`;
-  const list = (await fetchJson("bundles")) || [];
+  const list = (await fetchJson("bundles.json")) || [];
   const entry = url ? { name: decodeURIComponent(url.split("/").pop()), url } : list[0];
   if (!entry) throw new Error("this server serves no bundle");
   status(`Loading ${entry.name}…`);
   const seqUrl = query.get("sequence") || "static/sequences/demo.json";
   const [buffer, seqJson, baseline, ort] = await Promise.all([fetchBuffer(entry.url), fetchJson(seqUrl),
-    fetchJson("baseline"), fetchJson("bench/ort")]);
+    fetchJson("baseline.json"), fetchJson("bench/ort.json")]);
   const bundle = viewer.open(buffer, entry.name);
   let sequence = null;
   try {
@@ -321,13 +321,27 @@ async function send() {
   status("Sending…");
   const r = await fetch("bench/results", { method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify(api.result) });
-  const reply = await r.json().catch(() => ({}));
+  const reply = await r.json().catch(() => null);
   $("send").disabled = false;
+  if (!r.ok && reply === null) return download(api.result); // a static site (agora-export site): no server to keep it
   if (!r.ok) throw new Error(`the server did not keep the result: ${reply.error ?? `HTTP ${r.status}`}`);
   api.saved = reply.saved;
   $("saved").textContent = `Saved on the computer as ${reply.saved}`;
   status("");
   return reply.saved;
+}
+
+/** Offer the result as a JSON file (where no agora server takes posts). */
+function download(result) {
+  const name = `agora-bench-${result.created.replace(/[^0-9A-Za-z]+/g, "-")}.json`;
+  const link = Object.assign(document.createElement("a"), {
+    href: URL.createObjectURL(new Blob([JSON.stringify(result, null, 2)], { type: "application/json" })), download: name });
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+  api.saved = name;
+  $("saved").textContent = `No server keeps results here: downloaded as ${name}`;
+  status("");
+  return name;
 }
 
 Object.assign(api, {

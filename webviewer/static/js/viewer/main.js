@@ -341,7 +341,7 @@ async function boot() {
   if (url && !url.includes("/")) url = `bundles/${encodeURIComponent(url)}`;
   if (!url) {
     try {
-      const list = await (await fetch("bundles")).json();
+      const list = await (await fetch("bundles.json")).json();
       url = list[0]?.url;
     } catch {
       url = null;

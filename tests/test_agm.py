@@ -195,7 +195,7 @@ def assert_animations_close(written, read, p, identity):
 # ============================================================================ round trips
 def check_common_roundtrip(bundle, read, quant, sparse):
     assert read.gaussian_count == bundle.gaussian_count
-    assert read.version == (1, 0)
+    assert read.version == (1, 1)
     assert read.parameters == bundle.parameters
     assert read.constraints == bundle.constraints
     assert read.camera == bundle.camera
@@ -384,7 +384,7 @@ def test_layout_alignment_and_crcs(bundle, tmp_path, kw):
     path, stats = write(bundle, tmp_path, **kw)
     data = path.read_bytes()
     fields, header = split(data)
-    assert fields[0] == b"\x89AGM\r\n\x1a\n" and fields[1:3] == (1, 0) and fields[7] == 0
+    assert fields[0] == b"\x89AGM\r\n\x1a\n" and fields[1:3] == (1, 1) and fields[7] == 0
     assert fields[5] | (fields[6] << 32) == len(data) == stats.total_bytes
     assert zlib.crc32(data[32:32 + fields[3]]) == fields[4]
     assert data[32:32 + fields[3]].decode("utf-8").startswith("{")
@@ -440,9 +440,10 @@ def test_minor_versions_and_unknown_sections_are_accepted(good):
 def test_inspect_summarises_a_file(bundle, tmp_path):
     path, stats = write(bundle, tmp_path, quant="int8", sparse_threshold=1e-3)
     info = inspect_agm(path)
-    assert info["valid"] and info["error"] is None and info["version"] == "1.0"
+    assert info["valid"] and info["error"] is None and info["version"] == "1.1"
     assert info["gaussian_count"] == 500 and info["file_length"] == stats.total_bytes
-    assert info["quantization"] == {"bases": "int8", "sparse": True, "sparse_threshold": 1e-3}
+    assert info["quantization"] == {"bases": "int8", "sparse": True, "sparse_threshold": 1e-3, "neutral": "float",
+                                    "mlp": "f32"}
     assert all(s["crc_ok"] for s in info["sections"])
     assert info["sizes"]["bases"] == stats.categories["bases"]
     assert info["sizes"]["bytes_per_gaussian"] == pytest.approx(stats.bytes_per_gaussian)

@@ -10,6 +10,7 @@ difference between the bundle's AGORA-M and the ONNX path. Baseline and CLI chec
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,19 @@ from webviewer.server import create_app
 
 FAST = ["--preset", "tiny", "--samples", "24", "--rank", "4", "--epochs", "10", "--quiet"]
 runner = CliRunner()
+
+
+def match_bound(path: Path) -> float:
+    """How close the ONNX neutral means must be to the bundle's: 1 um for float means, half the
+    stored quantisation step for an .agm 1.1 bundle's 16-bit positions (plus float rounding)."""
+    data = path.read_bytes()
+    n = struct.unpack_from("<I", data, 12)[0]
+    sections = json.loads(data[32:32 + n])["sections"]
+    s = next((s for s in sections if s["name"] == "identity/0/means_range"), None)
+    if s is None:
+        return 1e-6
+    step = np.frombuffer(data, "<f4", 6, s["offset"])[3:]
+    return max(1e-6, 0.5 * float(step.max()) + 1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +67,7 @@ def test_baseline_of_a_bundle_made_with_more_gaussians(tmp_path):
     b = read_agm(out)
     assert b.provenance["target_gaussians"] == 2000 and b.gaussian_count > 1900
     dense = build_baseline(out)
-    assert dense.num_gaussians == b.gaussian_count and dense.match_max_m < 1e-6
+    assert dense.num_gaussians == b.gaussian_count and dense.match_max_m < match_bound(out)
 
 
 def _ort_session(model: bytes):
@@ -65,7 +79,7 @@ def test_baseline_is_the_bundles_avatar(tiny, baseline):
     b = read_agm(tiny)
     assert baseline.num_gaussians == b.gaussian_count == 614
     assert baseline.condition_names == [p["name"] for p in b.parameters]
-    assert baseline.match_max_m is not None and baseline.match_max_m < 1e-6
+    assert baseline.match_max_m is not None and baseline.match_max_m < match_bound(tiny)
     # the graph computes the whole path: a jaw opening moves the mouth Gaussians by millimetres
     s = _ort_session(baseline.model)
     cond = np.zeros((1, len(baseline.condition_names)), np.float32)
@@ -88,7 +102,7 @@ def test_a_baseline_of_another_avatar_is_refused(tiny, tmp_path):
         cli_app, ["onnx", "--preset", "tiny", "--seed", "42", "--features-out", str(same_inputs), str(same)]
     )
     assert r.exit_code == 0, r.output
-    assert load_baseline(same, same_inputs, tiny).match_max_m < 1e-6
+    assert load_baseline(same, same_inputs, tiny).match_max_m < match_bound(tiny)
     small = tmp_path / "small.onnx"
     r = runner.invoke(cli_app, ["onnx", "--preset", "small", "--seed", "42", "--features-out", str(inputs), str(small)])
     assert r.exit_code == 0, r.output

@@ -47,6 +47,12 @@ def test_js_reader_constants_are_the_spec():
     assert js_const(AGM_JS, "MAX_SHAPE_DIMS") == layout.MAX_SHAPE_DIMS
     assert js_const(AGM_JS, "DTYPE_SIZE") == {k: v.itemsize for k, v in layout.DTYPES.items()}
     assert js_const(AGM_JS, "QUANT_DTYPE") == layout.QUANT_DTYPE
+    assert js_const(AGM_JS, "DTYPES_1_0") == list(layout.DTYPES_1_0)
+    assert js_const(AGM_JS, "NEUTRAL_MODES") == list(layout.NEUTRAL_MODES)
+    assert js_const(AGM_JS, "MLP_MODES") == layout.MLP_MODES
+    assert js_const(AGM_JS, "QUANTIZED_NEUTRAL") == list(layout.QUANTIZED_NEUTRAL)
+    assert js_const(AGM_JS, "MAX_JSON_DEPTH") == layout.MAX_JSON_DEPTH
+    assert js_const(AGM_JS, "MAX_INT") == layout.MAX_INT == layout.MAX_SEED
 
 
 def test_js_sequence_reader_names_are_the_spec():

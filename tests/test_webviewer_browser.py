@@ -29,6 +29,7 @@ import torch
 
 from exporter.agm import AgmFormatError, read_agm, write_agm
 from exporter.agm.synthetic import synthetic_bundle
+from exporter.agm.write import COMPACT, StorageConfig
 from tests.support.browser import BACKGROUND, PageDriver, artifact, assert_loopback_only, make_site, psnr, save_png
 
 SIZE = 256
@@ -48,7 +49,7 @@ def _corrupt(good: bytes, kind: str) -> bytes:
         s = next(s for s in header["sections"] if s["name"] == "identity/0/means")
         data[s["offset"] + s["length"] // 2] ^= 0x5A
     elif kind == "v2":
-        struct.pack_into("<H", data, 8, 2)
+        struct.pack_into("<HH", data, 8, 2, 0)  # version 2.0
     elif kind == "header_crc":
         data[40] ^= 0x01
     elif kind == "sh_degree":
@@ -73,7 +74,11 @@ def site(tmp_path_factory):
     write_agm(dense, d / "dense_fp16.agm", quant="fp16")
     flame = synthetic_bundle(1500, identities=1, ranks=(6, 4, 4, 3), hidden=(16,), names="flame", seed=2)
     write_agm(flame, d / "flame.agm", quant="fp16", sparse_threshold=5e-3)
-    for name in ("head.agm", "dense_fp16.agm", "flame.agm"):
+    # .agm 1.1 encodings: quantised neutral attributes (decoded in the shaders), fp16 / int8 MLP, masks
+    write_agm(head, d / "compact.agm", storage=COMPACT, sparse_threshold=1e-3)
+    write_agm(flame, d / "compact_q8_int8.agm", storage=StorageConfig("fp16", "q8", "int8", "mask"),
+              sparse_threshold=5e-3)
+    for name in ("head.agm", "dense_fp16.agm", "flame.agm", "compact.agm", "compact_q8_int8.agm"):
         paths[name] = d / name
     good = (d / "head.agm").read_bytes()
     for kind in CORRUPT:
@@ -165,7 +170,7 @@ def test_moving_a_slider_changes_the_image(viewer):
 
 
 # ============================================================================ GPU parity
-@pytest.mark.parametrize("name", ["head.agm", "dense_fp16.agm", "flame.agm"])
+@pytest.mark.parametrize("name", ["head.agm", "dense_fp16.agm", "flame.agm", "compact.agm", "compact_q8_int8.agm"])
 def test_shader_mlp_and_blend_match_the_python_reference(viewer, site, name):
     """Coefficients (MLP passes) and animated Gaussians (blend pass) read back from the GPU.
 
@@ -198,6 +203,30 @@ def test_shader_mlp_and_blend_match_the_python_reference(viewer, site, name):
         # the animation really moved something (the parity is not vacuous)
         moved = np.abs(ar["means"] - ref.identities[identity].neutral.means.numpy()).max()
         assert ref.bases["xyz"].rank == 0 or moved > 1e-4
+
+
+def test_quantised_neutral_stays_quantised_on_the_gpu(viewer, site):
+    """A 1.1 bundle's neutral attributes go to the GPU as stored (integer textures the shaders decode):
+    less texture memory than the float bundle of the same avatar, and the same rendered image as the
+    project rasterizer of the Python reader's decoded avatar."""
+    assert viewer.open(bundle="head.agm") == "ready"
+    float_bytes = viewer.js("() => window.agora.stats().gpuBytes")
+    assert viewer.open(bundle="compact.agm", size=f"{SIZE}x{SIZE}") == "ready"
+    compact_bytes = viewer.js("() => window.agora.stats().gpuBytes")
+    G = 3000
+    # neutral: 12 + 12 + 16 + 4 + 24 bytes per Gaussian as floats, 6 + 6 + 4 + 1 + 6 + 9 quantised (textures
+    # padded to 2048-wide rows); the MLP weights halve
+    assert compact_bytes < float_bytes - 30 * G, (compact_bytes, float_bytes)
+    ref = _ref(site, "compact.agm")
+    rng = np.random.default_rng(5)
+    params = _random_params(ref, rng)
+    _set(viewer, params, 1)
+    viewer.js("(c) => window.agora.setCamera(c)", dict(ref.camera))
+    web = viewer.pixels()
+    py = _python_render(ref, params, 1, dict(ref.camera))
+    save_png(web, "parity_compact_browser.png")
+    assert psnr(web, py) >= PSNR_MIN
+    assert np.quantile(np.abs(web - py), 0.999) <= 8 / 255
 
 
 def test_browser_render_matches_the_project_rasterizer(viewer, site):
@@ -253,8 +282,9 @@ def test_corrupt_bundle_shows_the_readers_message(viewer, site, kind):
     assert box.is_hidden()
 
 
-def _mutate_header(good: bytes, edit) -> bytes:
-    """Apply ``edit`` to the JSON header (in place), re-encode it over the old one, fix length and CRC."""
+def _mutate_header(good: bytes, edit, replace: tuple[bytes, bytes] | None = None) -> bytes:
+    """Apply ``edit`` to the JSON header (in place), re-encode it over the old one (then one byte-level
+    ``replace`` (old, new) in its text), fix length and CRC."""
     data = bytearray(good)
     n = struct.unpack_from("<I", data, 12)[0]
     header = json.loads(bytes(data[32:32 + n]))
@@ -263,6 +293,9 @@ def _mutate_header(good: bytes, edit) -> bytes:
     header.pop("provenance", None)
     edit(header)
     raw = json.dumps(header, separators=(",", ":")).encode()
+    if replace is not None:
+        assert replace[0] in raw, replace[0]
+        raw = raw.replace(*replace, 1)
     assert 32 + len(raw) <= first
     data[32:first] = raw + bytes(first - 32 - len(raw))
     struct.pack_into("<II", data, 12, len(raw), zlib.crc32(raw))
@@ -300,6 +333,19 @@ HEADER_CASES = {
     "duplicate_section": lambda h: h["sections"].append(dict(_section(h, "mlp/1/bias"))),
     "forbidden_section": lambda h: h["sections"].append(dict(_section(h, "mlp/1/bias"), name="mlp/0/bias")),
     "shape": lambda h: _section(h, "identity/0/opacities").update(shape=[1500, 2], length=12000),
+    # .agm 1.1: integers spelled as integers, the seed bound, sparse_threshold, the new modes
+    "count_float": lambda h: h.update(gaussian_count=3000.0),
+    "shape_float": lambda h: _section(h, "identity/0/means").update(shape=[3000, 3.0]),
+    "offset_float": lambda h: _section(h, "mlp/0/weight").update(offset=float(_section(h, "mlp/0/weight")["offset"])),
+    "seed_float": lambda h: h["identities"][0].update(seed=1.0),
+    "seed_big": lambda h: h["identities"][0].update(seed=2**53),
+    "seed_small": lambda h: h["identities"][0].update(seed=-2**53),
+    "threshold_range": lambda h: h["quantization"].update(sparse_threshold=1.5),
+    "neutral_mode": lambda h: h["quantization"].update(neutral="packed"),
+    "mlp_mode": lambda h: h["quantization"].update(mlp="f8"),
+    "mlp_dtype": lambda h: h["quantization"].update(mlp="fp16"),
+    "mask_and_index": lambda h: h["sections"].append(dict(_section(h, "mlp/1/bias"), name="bases/xyz/mask")),
+    "u16_dtype": lambda h: _section(h, "identity/0/means").update(dtype="u16", length=18000),
 }
 
 
@@ -311,6 +357,18 @@ def test_js_reader_messages_match_the_python_reader(viewer, site):
     cases["empty"] = b""
     cases["short"] = good[:20]
     cases["json_syntax"] = _mutate_header(good, lambda h: None).replace(b'{"format"', b'["format"', 1)
+    cases["surrogate"] = _mutate_header(good, lambda h: None, (b'"format"', b'"\\ud800rmat"'))
+    cases["deep"] = _mutate_header(good, lambda h: h.update(camera={"x": json.loads("[" * 32 + "]" * 32)}))
+    cases["big_number"] = _mutate_header(good, lambda h: None, (b'"gaussian_count":3000', b'"gaussian_count":1e400'))
+    reserved = bytearray(good)
+    reserved[28] = 1
+    cases["reserved"] = bytes(reserved)
+    n = struct.unpack_from("<I", good, 12)[0]
+    means = _section(json.loads(good[32:32 + n]), "identity/0/means")
+    nan = bytearray(good)
+    nan[means["offset"]:means["offset"] + 4] = struct.pack("<f", float("nan"))
+    crc = zlib.crc32(bytes(nan[means["offset"]:means["offset"] + means["length"]]))
+    cases["nan_section"] = _mutate_header(bytes(nan), lambda h: _section(h, "identity/0/means").update(crc32=crc))
     expected = {}
     for name, data in cases.items():
         if name == "json_syntax":  # re-CRC the broken JSON
@@ -338,8 +396,9 @@ def test_js_reader_messages_match_the_python_reader(viewer, site):
     )
     for name in cases:
         assert got[name].startswith("AgmFormatError: "), (name, got[name])
-        if name == "json_syntax":  # the parser's own detail differs between the engines
-            assert got[name].startswith("AgmFormatError: x.agm: the JSON header does not parse: ")
+        if name in ("json_syntax", "surrogate", "deep", "big_number"):  # the parsers' own details differ
+            assert got[name].startswith("AgmFormatError: x.agm: the JSON header does not parse: "), got[name]
+            assert expected[name].startswith("x.agm: the JSON header does not parse: "), expected[name]
             continue
         assert got[name] == "AgmFormatError: " + expected[name], name
 

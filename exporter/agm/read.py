@@ -7,6 +7,7 @@ import json
 import math
 import os
 import reprlib
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +17,24 @@ import torch
 
 from agora_core.types.gaussians import Gaussians
 from agora_core.types.spec import DEFAULT_CONSTRAINTS, GROUP_NAMES, GROUPS, PARAMETER_GROUPS
+from exporter.agm.encode import decode_quats, dequantize_linear, dequantize_rows, index_from_mask
 from exporter.agm.layout import (
     ACTIVATIONS,
     ALIGN,
     DEFAULT_COORDINATES,
     DTYPES,
+    DTYPES_1_0,
+    FLOAT_DTYPES,
     MAGIC,
     MAX_INT,
+    MAX_JSON_DEPTH,
+    MAX_SEED,
     MAX_SHAPE_DIMS,
+    MLP_MODES,
+    NEUTRAL_MODES,
     PREAMBLE,
     QUANT_DTYPE,
+    QUANTIZED_NEUTRAL,
     VERSION,
     AgmFormatError,
 )
@@ -111,12 +120,34 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def bundle_path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a bundle (missing, a directory, not a regular file), or None."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not an .agm file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a device, pipe or socket), not an .agm file"
+    return None
+
+
 def _load(source, name: str | None) -> tuple[memoryview, str]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = memoryview(source).cast("B") if isinstance(source, memoryview) else memoryview(source)
         return data, name or "<bytes>"
-    path = Path(source)
-    return memoryview(path.read_bytes()), name or str(source)
+    label = name or str(source)
+    problem = bundle_path_problem(source)
+    if problem:
+        raise AgmFormatError(f"{label}: {problem}")
+    try:
+        return memoryview(Path(source).read_bytes()), label
+    except OSError as exc:
+        raise AgmFormatError(f"{label}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _check_preamble(ck: _Checker, data: memoryview) -> tuple[tuple[int, int], int, int, int]:
@@ -128,9 +159,11 @@ def _check_preamble(ck: _Checker, data: memoryview) -> tuple[tuple[int, int], in
         ck.fail("not an .agm file (bad magic)")
     if size < PREAMBLE.size:
         ck.fail(f"truncated: the file has {size} bytes, less than the {PREAMBLE.size}-byte preamble")
-    _, major, minor, header_length, header_crc, lo, hi, _ = PREAMBLE.unpack_from(data, 0)
+    _, major, minor, header_length, header_crc, lo, hi, reserved = PREAMBLE.unpack_from(data, 0)
     if major != VERSION[0]:
         ck.fail(f"unsupported .agm version {major}.{minor} (this reader supports {VERSION[0]}.x)")
+    if reserved != 0:
+        ck.fail(f"the reserved preamble field (bytes 28-31) must be 0, got {reserved}")
     file_length = lo | (hi << 32)
     if size < file_length:
         ck.fail(f"truncated: header says {file_length} bytes, file has {size}")
@@ -152,20 +185,57 @@ def _parse_float(text: str) -> float:
     return value
 
 
+def _parse_int(text: str) -> int:
+    value = int(text)
+    if not math.isfinite(float(text)):
+        raise ValueError(f"number {text[:20]} out of range")
+    return value
+
+
 def _check_json(ck: _Checker, data: memoryview, header_length: int, header_crc: int) -> dict:
     raw = data[PREAMBLE.size:PREAMBLE.size + header_length]
     if zlib.crc32(raw) != header_crc:
         ck.fail("header CRC mismatch (the JSON header is corrupted)")
     try:
-        header = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant, parse_float=_parse_float)
+        header = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant, parse_float=_parse_float,
+                            parse_int=_parse_int)
     except (ValueError, RecursionError) as exc:
         ck.fail(f"the JSON header does not parse: {str(exc).splitlines()[0][:120]}")
+    problem = _json_problem(header)
+    if problem:
+        ck.fail(f"the JSON header does not parse: {problem}")
     if not isinstance(header, dict):
         ck.fail("the JSON header is not an object")
     return header
 
 
-def _validate_header(ck: _Checker, h: dict) -> None:
+def _json_problem(value) -> str | None:
+    """A lone surrogate in a string or key, or nesting deeper than :data:`MAX_JSON_DEPTH` (iterative)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return f"nested more than {MAX_JSON_DEPTH} levels deep"
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, x in items:
+                if isinstance(k, str) and _has_surrogate(k):
+                    return "a key has a lone surrogate (\\ud800-\\udfff escape)"
+                stack.append((x, depth + 1))
+        elif isinstance(v, str) and _has_surrogate(v):
+            return "a string has a lone surrogate (\\ud800-\\udfff escape)"
+    return None
+
+
+def _has_surrogate(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _validate_header(ck: _Checker, h: dict, version: tuple[int, int] = VERSION) -> None:
     """Every required key with the right type, and the cross-key consistency the layout needs."""
     if h.get("format") != "agm":
         ck.fail(f"header: 'format' must be \"agm\", got {_short(h.get('format'))}")
@@ -199,7 +269,18 @@ def _validate_header(ck: _Checker, h: dict) -> None:
     if qb not in QUANT_DTYPE:
         ck.fail(f"header: quantization.bases must be \"fp16\" or \"int8\", got {qb!r}")
     ck.get(q, "sparse", "bool", "quantization")
-    ck.get(q, "sparse_threshold", "number", "quantization", nullable=True, optional=True)
+    threshold = ck.get(q, "sparse_threshold", "number", "quantization", nullable=True, optional=True)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        ck.fail(f"header: quantization.sparse_threshold must be in [0, 1] or null, got {_short(threshold)}")
+    neutral = ck.get(q, "neutral", "str", "quantization", optional=True, default="float")
+    if neutral not in NEUTRAL_MODES:
+        ck.fail(f"header: quantization.neutral must be \"float\" or \"quantized\", got {_short(neutral)}")
+    mlp_mode = ck.get(q, "mlp", "str", "quantization", optional=True, default="f32")
+    if mlp_mode not in MLP_MODES:
+        ck.fail(f"header: quantization.mlp must be \"f32\", \"fp16\" or \"int8\", got {_short(mlp_mode)}")
+    if version[1] < 1 and (neutral, mlp_mode) != ("float", "f32"):
+        ck.fail(f"header: a {version[0]}.{version[1]} file cannot use quantization.neutral {neutral!r} / mlp "
+                f"{mlp_mode!r} (they need version 1.1)")
     c = ck.get(h, "constraints", "dict", "header")
     for key in DEFAULT_CONSTRAINTS:
         ck.get(c, key, "number", "constraints")
@@ -231,15 +312,17 @@ def _validate_header(ck: _Checker, h: dict) -> None:
         ck.fail("header: 'identities' is empty")
     for i, ident in enumerate(idents):
         ck.get(ident, "name", "str", f"identities[{i}]")
-        ck.get(ident, "seed", "int", f"identities[{i}]", nullable=True)
+        ck.get(ident, "seed", "int", f"identities[{i}]", nullable=True, minimum=-MAX_SEED, maximum=MAX_SEED)
     for key in ("camera", "coordinate_system", "fidelity", "provenance"):
         ck.get(h, key, "dict", "header", optional=True)
     ck.items(h, "sections", "header")
 
 
-def _validate_sections(ck: _Checker, h: dict, header_length: int, file_length: int) -> dict[str, dict]:
+def _validate_sections(ck: _Checker, h: dict, header_length: int, file_length: int,
+                       version: tuple[int, int] = VERSION) -> dict[str, dict]:
     """Each entry well-typed, length = itemsize x prod(shape), 64-aligned, inside the file, no overlap."""
     data_start = PREAMBLE.size + header_length
+    known = DTYPES_1_0 if version[1] < 1 else tuple(DTYPES)
     sections: dict[str, dict] = {}
     for i, s in enumerate(h["sections"]):
         where = f"sections[{i}]"
@@ -248,8 +331,9 @@ def _validate_sections(ck: _Checker, h: dict, header_length: int, file_length: i
         if name in sections:
             ck.fail(f"{where} is listed twice")
         dtype = ck.get(s, "dtype", "str", where)
-        if dtype not in DTYPES:
-            ck.fail(f"{where} has unknown dtype {dtype!r} (expected f32, f16, i8 or u32)")
+        if dtype not in known:
+            ck.fail(f"{where} has unknown dtype {dtype!r} (expected {', '.join(known[:-1])} or {known[-1]}"
+                    f"{'' if version[1] >= 1 else '; u8 and u16 need version 1.1'})")
         shape = ck.get(s, "shape", "list", where)
         if len(shape) > MAX_SHAPE_DIMS or not all(ck.is_kind(d, "int") and 0 <= d <= MAX_INT for d in shape):
             ck.fail(f"{where} has an invalid shape {_short(shape)}")
@@ -262,7 +346,7 @@ def _validate_sections(ck: _Checker, h: dict, header_length: int, file_length: i
                     f"({_short(expected)} bytes)")
         if offset % ALIGN:
             ck.fail(f"{where}: offset {offset} is not a multiple of {ALIGN}")
-        if offset < data_start or offset + length > file_length:
+        if offset < data_start or offset + length > file_length:  # an empty section too: data_start..file_length
             ck.fail(f"{where}: bytes {offset}..{offset + length} lie outside the file's data area "
                     f"({data_start}..{file_length})")
         sections[name] = s
@@ -289,23 +373,48 @@ def _required_sections(ck: _Checker, h: dict, sections: dict[str, dict]) -> None
         if name in sections:
             ck.fail(f"section {name!r} must not be present ({why})")
 
+    def need_uint(name: str, shape: list[int]) -> None:
+        s = sections.get(name)
+        if s is None:
+            ck.fail(f"required section {name!r} is missing")
+        if s["dtype"] not in ("u8", "u16") or list(s["shape"]) != list(shape):
+            ck.fail(f"section {name!r} is {s['dtype']} {_short(s['shape'])}, expected u8 or u16 {list(shape)}")
+
+    q = h["quantization"]
+    neutral_shapes = {"means": [G, 3], "scales": [G, 3], "opacities": [G], "sh_dc": [G, 3], "sh_rest": [G, 3, 3]}
     for i in range(len(h["identities"])):
-        need(f"identity/{i}/means", "f32", [G, 3])
-        need(f"identity/{i}/scales", "f32", [G, 3])
-        need(f"identity/{i}/quats", "f32", [G, 4])
-        need(f"identity/{i}/opacities", "f32", [G])
-        need(f"identity/{i}/sh", "f16", [G, 4, 3])
+        if q.get("neutral", "float") == "quantized":
+            for name, shape in neutral_shapes.items():
+                need_uint(f"identity/{i}/{name}", shape)
+                need(f"identity/{i}/{name}_range", "f32", [2, *shape[1:]])
+            need(f"identity/{i}/quats", "u32", [G])
+            forbid(f"identity/{i}/sh", "the neutral attributes are quantised (sh_dc, sh_rest)")
+        else:
+            need(f"identity/{i}/means", "f32", [G, 3])
+            need(f"identity/{i}/scales", "f32", [G, 3])
+            need(f"identity/{i}/quats", "f32", [G, 4])
+            need(f"identity/{i}/opacities", "f32", [G])
+            need(f"identity/{i}/sh", "f16", [G, 4, 3])
+            for name in QUANTIZED_NEUTRAL:
+                forbid(f"identity/{i}/{name}_range", "the neutral attributes are not quantised")
+            forbid(f"identity/{i}/sh_dc", "the neutral attributes are not quantised")
+            forbid(f"identity/{i}/sh_rest", "the neutral attributes are not quantised")
         need(f"identity/{i}/mlp_bias0", "f32", [H0])
-    quant = h["quantization"]["bases"]
-    sparse = h["quantization"]["sparse"]
+    quant = q["bases"]
+    sparse = q["sparse"]
     for grp in h["groups"]:
         g, d, K = grp["name"], grp["dim"], grp["rank"]
         if K == 0:
-            for part in ("values", "scales", "index"):
+            for part in ("values", "scales", "index", "mask"):
                 forbid(f"bases/{g}/{part}", f"group {g!r} has rank 0")
             continue
         n = G
-        if sparse:
+        if sparse and f"bases/{g}/mask" in sections:
+            forbid(f"bases/{g}/index", f"group {g!r} has a mask")
+            need(f"bases/{g}/mask", "u8", [-(-G // 8)])
+            values = sections.get(f"bases/{g}/values")
+            n = values["shape"][1] if values is not None and len(values["shape"]) == 3 else -1
+        elif sparse:
             s = sections.get(f"bases/{g}/index")
             if s is None:
                 ck.fail(f"required section 'bases/{g}/index' is missing (the bases are sparse)")
@@ -314,13 +423,22 @@ def _required_sections(ck: _Checker, h: dict, sections: dict[str, dict]) -> None
             n = s["shape"][0]
         else:
             forbid(f"bases/{g}/index", "the bases are dense")
+            forbid(f"bases/{g}/mask", "the bases are dense")
+        if not 0 <= n <= G:
+            ck.fail(f"section 'bases/{g}/values' must be {QUANT_DTYPE[quant]} [{K}, n <= {G}, {d}] "
+                    f"(n: the Gaussians its mask selects)")
         need(f"bases/{g}/values", QUANT_DTYPE[quant], [K, n, d])
         if quant == "int8":
             need(f"bases/{g}/scales", "f32", [K])
         else:
             forbid(f"bases/{g}/scales", "the bases are fp16")
+    mlp_mode = q.get("mlp", "f32")
     for j, layer in enumerate(h["mlp"]["layers"]):
-        need(f"mlp/{j}/weight", "f32", [layer["out"], layer["in"]])
+        need(f"mlp/{j}/weight", MLP_MODES[mlp_mode], [layer["out"], layer["in"]])
+        if mlp_mode == "int8":
+            need(f"mlp/{j}/weight_scales", "f32", [layer["out"]])
+        else:
+            forbid(f"mlp/{j}/weight_scales", "the MLP is not int8")
         if j == 0:
             forbid("mlp/0/bias", "each identity has its own mlp_bias0")
         else:
@@ -331,12 +449,15 @@ def _parse(data: memoryview, label: str) -> _Parsed:
     ck = _Checker(label)
     version, header_length, header_crc, file_length = _check_preamble(ck, data)
     header = _check_json(ck, data, header_length, header_crc)
-    _validate_header(ck, header)
-    sections = _validate_sections(ck, header, header_length, file_length)
+    _validate_header(ck, header, version)
+    sections = _validate_sections(ck, header, header_length, file_length, version)
     _required_sections(ck, header, sections)
     for name, s in sections.items():
-        if zlib.crc32(data[s["offset"]:s["offset"] + s["length"]]) != s["crc32"]:
+        raw = data[s["offset"]:s["offset"] + s["length"]]
+        if zlib.crc32(raw) != s["crc32"]:
             ck.fail(f"section {name!r} CRC mismatch (the file is corrupted)")
+        if s["dtype"] in FLOAT_DTYPES and not np.isfinite(np.frombuffer(raw, DTYPES[s["dtype"]])).all():
+            ck.fail(f"section {name!r} holds a NaN or an infinity")
     return _Parsed(label, data, version, header_length, header, sections)
 
 
@@ -347,8 +468,16 @@ def _array(p: _Parsed, name: str) -> np.ndarray:
     return np.frombuffer(buf, dtype=DTYPES[s["dtype"]]).reshape(s["shape"])
 
 
-def _tensor(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(arr, dtype=np.float32))  # copy: writable, native float32
+def _neutral_arrays(p: _Parsed, i: int) -> dict[str, np.ndarray]:
+    """Identity ``i``'s neutral attributes decoded to writable float32 arrays (the spec's formulas)."""
+    sec = lambda name: _array(p, f"identity/{i}/{name}")  # noqa: E731
+    if p.header["quantization"].get("neutral", "float") != "quantized":
+        return {f: np.array(sec(f), dtype=np.float32) for f in ("means", "scales", "quats", "opacities", "sh")}
+    out = {f: dequantize_linear(sec(f), sec(f"{f}_range")) for f in QUANTIZED_NEUTRAL}
+    out["scales"] = np.exp(out["scales"]).astype(np.float32)
+    out["sh"] = np.concatenate([out.pop("sh_dc")[:, None], out.pop("sh_rest")], axis=1)
+    out["quats"] = decode_quats(sec("quats"))
+    return out
 
 
 def _build(p: _Parsed) -> AgmBundle:
@@ -356,8 +485,7 @@ def _build(p: _Parsed) -> AgmBundle:
     G = h["gaussian_count"]
     identities = []
     for i, ident in enumerate(h["identities"]):
-        neutral = Gaussians(**{f: _tensor(_array(p, f"identity/{i}/{f}"))
-                               for f in ("means", "scales", "quats", "opacities", "sh")})
+        neutral = Gaussians(**{f: torch.from_numpy(v) for f, v in _neutral_arrays(p, i).items()})
         identities.append(AgmIdentity(ident["name"], ident["seed"], neutral,
                                       np.array(_array(p, f"identity/{i}/mlp_bias0"))))
     bases = {}
@@ -367,17 +495,28 @@ def _build(p: _Parsed) -> AgmBundle:
             bases[g] = AgmBasis(g, d, np.zeros((0, G, d), np.float32))
             continue
         index = None
-        if h["quantization"]["sparse"]:
+        raw = _array(p, f"bases/{g}/values")
+        if h["quantization"]["sparse"] and f"bases/{g}/mask" in p.sections:
+            index = index_from_mask(_array(p, f"bases/{g}/mask"), G)
+            if index is None:
+                ck.fail(f"section 'bases/{g}/mask' has a bit set at or past Gaussian {G}")
+            if len(index) != raw.shape[1]:
+                ck.fail(f"section 'bases/{g}/mask' selects {len(index)} Gaussians but 'bases/{g}/values' "
+                        f"has {raw.shape[1]}")
+        elif h["quantization"]["sparse"]:
             index = _array(p, f"bases/{g}/index")
             if index.size and (np.any(index[1:] <= index[:-1]) or int(index[-1]) >= G):
                 ck.fail(f"section 'bases/{g}/index' is not strictly increasing with every index < {G}")
-        raw = _array(p, f"bases/{g}/values")
         scales = _array(p, f"bases/{g}/scales") if h["quantization"]["bases"] == "int8" else None
         bases[g] = AgmBasis(g, d, dequantize(raw, scales), index, raw_values=raw, raw_scales=scales)
     layers = []
+    int8_mlp = h["quantization"].get("mlp") == "int8"
     for j, entry in enumerate(h["mlp"]["layers"]):
+        weight = _array(p, f"mlp/{j}/weight")
+        weight = (dequantize_rows(weight, _array(p, f"mlp/{j}/weight_scales")) if int8_mlp
+                  else np.array(weight, np.float32))
         layers.append(AgmLayer(
-            np.array(_array(p, f"mlp/{j}/weight")),
+            weight,
             None if j == 0 else np.array(_array(p, f"mlp/{j}/bias")),
             entry["activation"],
             float(entry.get("negative_slope", 0.0)) if entry["activation"] == "leaky_relu" else 0.0,
@@ -409,4 +548,4 @@ def read_agm(source: str | os.PathLike | bytes | bytearray | memoryview, *, name
     return _build(_parse(data, label))
 
 
-__all__ = ["dequantize", "read_agm"]
+__all__ = ["bundle_path_problem", "dequantize", "read_agm"]

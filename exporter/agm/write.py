@@ -1,5 +1,7 @@
-"""The ``.agm`` writer: :func:`write_agm` writes an :class:`~exporter.agm.model.AgmBundle` (fp16 or int8
-bases, optionally sparse) atomically and returns :class:`WriteStats`."""
+"""The ``.agm`` writer: :func:`write_agm` writes an :class:`~exporter.agm.model.AgmBundle` as ``.agm`` 1.1
+(fp16 or int8 bases, optionally sparse; float or quantised neutral attributes, an f32, fp16 or int8
+MLP, sparse sets as index lists or bitmaps - :class:`StorageConfig`) atomically and returns
+:class:`WriteStats`."""
 from __future__ import annotations
 
 import json
@@ -15,8 +17,52 @@ import torch
 
 from agora_core.types.io import atomic_write
 from agora_core.types.spec import DEFAULT_CONSTRAINTS, GROUP_NAMES, GROUPS
-from exporter.agm.layout import DTYPES, MAGIC, PREAMBLE, QUANT_DTYPE, VERSION, align, categories
+from exporter.agm.encode import encode_quats, mask_from_index, quantize_linear, quantize_rows_int8
+from exporter.agm.layout import DTYPES, MAGIC, MAX_SEED, MLP_MODES, PREAMBLE, QUANT_DTYPE, VERSION, align, categories
 from exporter.agm.model import AgmBasis, AgmBundle, as_numpy
+
+# quantised neutral attributes: bits per attribute (means, log-scales, opacities, SH); quats are
+# always smallest-three in 32 bits
+# (measured on the default bundle, benchmarks/bundle_compactness: 8-bit log-scales cost 0.6 dB and
+# 8-bit SH DC 0.3 dB of render PSNR; 8-bit opacity and SH degree-1 bands about 0.1 dB together)
+NEUTRAL_BITS = {
+    "q8": {"means": 16, "scales": 8, "opacities": 8, "sh_dc": 8, "sh_rest": 8},
+    "q12": {"means": 16, "scales": 16, "opacities": 8, "sh_dc": 16, "sh_rest": 8},
+    "q16": {"means": 16, "scales": 16, "opacities": 16, "sh_dc": 16, "sh_rest": 16},
+}
+NEUTRAL_CHOICES = ("float", *NEUTRAL_BITS)
+INDEX_CHOICES = ("list", "mask", "auto")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """How :func:`write_agm` stores a bundle.
+
+    ``quant``: bases ``int8`` (per-basis scales) or ``fp16``; ``neutral``: ``float`` (f32 + f16 SH,
+    as in 1.0), ``q8`` (positions u16 in their box, log-scales, opacity and SH u8, quaternions
+    smallest-three) or ``q16`` (all u16); ``mlp``: weights ``f32``, ``fp16`` or ``int8`` (per-row
+    scales); ``index``: sparse sets as u32 ``list``, bitmap ``mask`` or ``auto`` (the smaller).
+    """
+
+    quant: str = "fp16"
+    neutral: str = "float"
+    mlp: str = "f32"
+    index: str = "list"
+
+    def validate(self) -> StorageConfig:
+        for name, value, choices in (("quant", self.quant, tuple(QUANT_DTYPE)),
+                                     ("neutral", self.neutral, NEUTRAL_CHOICES),
+                                     ("mlp", self.mlp, tuple(MLP_MODES)), ("index", self.index, INDEX_CHOICES)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return self
+
+    def label(self) -> str:
+        return f"bases {self.quant}, neutral {self.neutral}, MLP {self.mlp}, sparse sets {self.index}"
+
+
+# what `agora-export bundle` writes by default (measured in benchmarks/bundle_compactness)
+COMPACT = StorageConfig(quant="int8", neutral="q12", mlp="fp16", index="auto")
 
 
 def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +98,7 @@ class WriteStats:
     sections: dict[str, int]  # name -> bytes
     categories: dict[str, int]  # header, identity, bases, mlp, padding -> bytes
     kept_fraction: dict[str, float]  # group -> fraction of Gaussians carrying its basis
+    storage: StorageConfig = StorageConfig()
 
     @property
     def bytes_per_gaussian(self) -> float:
@@ -64,7 +111,7 @@ class WriteStats:
 
     @property
     def identity_bytes_per_gaussian(self) -> float:
-        """Neutral avatar bytes per Gaussian and identity (68 = 4 x (3+3+4+1) + 2 x 12)."""
+        """Neutral avatar bytes per Gaussian and identity (float: 68 = 4 x (3+3+4+1) + 2 x 12; q8: 26)."""
         return self.categories["identity"] / (self.gaussian_count * self.identity_count)
 
 
@@ -103,7 +150,8 @@ def _json_safe(obj):
     return obj
 
 
-def _basis_blobs(basis: AgmBasis, quant: str, index: np.ndarray | None, values: np.ndarray) -> list[_Blob]:
+def _basis_blobs(basis: AgmBasis, quant: str, index: np.ndarray | None, values: np.ndarray, index_form: str,
+                 count: int) -> list[_Blob]:
     g = basis.name
     if basis.rank == 0:
         return []
@@ -113,7 +161,51 @@ def _basis_blobs(basis: AgmBasis, quant: str, index: np.ndarray | None, values: 
     else:
         blobs = [_blob(f"bases/{g}/values", "f16", values.astype(np.float16))]
     if index is not None:
-        blobs.append(_blob(f"bases/{g}/index", "u32", index))
+        mask_bytes = -(-count // 8)
+        if index_form == "mask" or (index_form == "auto" and mask_bytes < 4 * len(index)):
+            blobs.append(_blob(f"bases/{g}/mask", "u8", mask_from_index(index, count)))
+        else:
+            blobs.append(_blob(f"bases/{g}/index", "u32", index))
+    return blobs
+
+
+def _neutral_blobs(i: int, neutral, mode: str, scale_min: float) -> list[_Blob]:
+    """Identity ``i``'s neutral attributes, float (1.0 layout) or quantised (1.1). Quantised scales
+    are floored at ``scale_min`` first (every blend floors them there: the range shrinks, nothing
+    rendered changes for a Gaussian whose scale does not animate)."""
+    if mode == "float":
+        return [
+            _blob(f"identity/{i}/means", "f32", neutral.means),
+            _blob(f"identity/{i}/scales", "f32", neutral.scales),
+            _blob(f"identity/{i}/quats", "f32", neutral.quats),
+            _blob(f"identity/{i}/opacities", "f32", neutral.opacities),
+            _blob(f"identity/{i}/sh", "f16", as_numpy(neutral.sh).astype(np.float16)),
+        ]
+    bits = NEUTRAL_BITS[mode]
+    sh = as_numpy(neutral.sh)
+    sources = {"means": as_numpy(neutral.means),
+               "scales": np.log(np.maximum(as_numpy(neutral.scales), max(float(scale_min), 1e-30))),
+               "opacities": as_numpy(neutral.opacities), "sh_dc": sh[:, 0], "sh_rest": sh[:, 1:]}
+    blobs = []
+    for name in ("means", "scales", "quats", "opacities", "sh_dc", "sh_rest"):
+        if name == "quats":
+            blobs.append(_blob(f"identity/{i}/quats", "u32", encode_quats(as_numpy(neutral.quats))))
+            continue
+        q, rng = quantize_linear(sources[name], bits[name])
+        blobs += [_blob(f"identity/{i}/{name}", f"u{bits[name]}", q), _blob(f"identity/{i}/{name}_range", "f32", rng)]
+    return blobs
+
+
+def _mlp_blobs(mlp, mode: str) -> list[_Blob]:
+    blobs = []
+    for j, layer in enumerate(mlp.layers):
+        if mode == "int8":
+            q, scales = quantize_rows_int8(as_numpy(layer.weight))
+            blobs += [_blob(f"mlp/{j}/weight", "i8", q), _blob(f"mlp/{j}/weight_scales", "f32", scales)]
+        else:
+            blobs.append(_blob(f"mlp/{j}/weight", MLP_MODES[mode], as_numpy(layer.weight)))
+        if j > 0:
+            blobs.append(_blob(f"mlp/{j}/bias", "f32", layer.bias))
     return blobs
 
 
@@ -138,7 +230,8 @@ def _prepare_bases(bundle: AgmBundle, sparse_threshold: float | None, energy_wei
     return out, sparse
 
 
-def _header(bundle: AgmBundle, quant: str, sparse: bool, threshold: float | None, blobs: list[_Blob]) -> dict:
+def _header(bundle: AgmBundle, storage: StorageConfig, sparse: bool, threshold: float | None,
+            blobs: list[_Blob]) -> dict:
     mlp_layers = []
     for layer in bundle.mlp.layers:
         entry = {"in": int(layer.weight.shape[1]), "out": int(layer.weight.shape[0]), "activation": layer.activation}
@@ -160,7 +253,8 @@ def _header(bundle: AgmBundle, quant: str, sparse: bool, threshold: float | None
             }
             for p in bundle.parameters
         ],
-        "quantization": {"bases": quant, "sparse": sparse, "sparse_threshold": threshold},
+        "quantization": {"bases": storage.quant, "sparse": sparse, "sparse_threshold": threshold,
+                         "neutral": "float" if storage.neutral == "float" else "quantized", "mlp": storage.mlp},
         "constraints": {k: float({**DEFAULT_CONSTRAINTS, **bundle.constraints}[k]) for k in DEFAULT_CONSTRAINTS},
         "mlp": {"layers": mlp_layers},
         "camera": _json_safe(bundle.camera),
@@ -215,52 +309,56 @@ def write_agm(
     bundle: AgmBundle,
     path: str | os.PathLike,
     *,
-    quant: str = "fp16",
+    quant: str | None = None,
     sparse_threshold: float | None = None,
     energy_weights: Mapping[str, np.ndarray] | None = None,
+    storage: StorageConfig | None = None,
 ) -> WriteStats:
-    """Write ``bundle`` as an ``.agm`` file (atomically: never a half-written file).
+    """Write ``bundle`` as an ``.agm`` 1.1 file (atomically: never a half-written file).
 
-    ``quant`` is ``"fp16"`` or ``"int8"`` (per-basis symmetric scale). With ``sparse_threshold``
-    each group keeps only the Gaussians whose residual energy ``sum_k w_k^2 |U[k, n]|^2`` is
+    ``storage`` chooses every encoding (:class:`StorageConfig`; default: the 1.0 encodings, fp16
+    bases); ``quant`` (``"fp16"`` or ``"int8"``, per-basis symmetric scale) overrides its bases.
+    With ``sparse_threshold`` each group keeps only the Gaussians whose residual energy ``sum_k w_k^2 |U[k, n]|^2`` is
     non-zero and at least ``sparse_threshold`` x the group's largest; ``energy_weights[g]`` (``[K_g]``,
     e.g. the coefficients' RMS) are the ``w_k`` (default 1). Bases that already carry an index are
     written sparse with it.
     """
-    if quant not in QUANT_DTYPE:
-        raise ValueError(f"quant must be one of {sorted(QUANT_DTYPE)}, got {quant!r}")
+    storage = storage or StorageConfig()
+    if quant is not None:
+        if quant not in QUANT_DTYPE:
+            raise ValueError(f"quant must be one of {sorted(QUANT_DTYPE)}, got {quant!r}")
+        storage = StorageConfig(quant, storage.neutral, storage.mlp, storage.index)
+    storage.validate()
+    quant = storage.quant
     if sparse_threshold is not None and not (0.0 <= float(sparse_threshold) <= 1.0):
         raise ValueError(f"sparse_threshold must be in [0, 1], got {sparse_threshold}")
     bundle.check()
+    for ident in bundle.identities:
+        if ident.seed is not None and abs(int(ident.seed)) > MAX_SEED:
+            raise ValueError(f"identity {ident.name!r}: seed {ident.seed} is outside +-(2^53 - 1)")
     G = bundle.gaussian_count
     blobs: list[_Blob] = []
     for i, ident in enumerate(bundle.identities):
-        n = ident.neutral
-        blobs += [
-            _blob(f"identity/{i}/means", "f32", n.means),
-            _blob(f"identity/{i}/scales", "f32", n.scales),
-            _blob(f"identity/{i}/quats", "f32", n.quats),
-            _blob(f"identity/{i}/opacities", "f32", n.opacities),
-            _blob(f"identity/{i}/sh", "f16", as_numpy(n.sh).astype(np.float16)),
-            _blob(f"identity/{i}/mlp_bias0", "f32", ident.mlp_bias0),
-        ]
+        scale_min = {**DEFAULT_CONSTRAINTS, **bundle.constraints}["scale_min"]
+        blobs += _neutral_blobs(i, ident.neutral, storage.neutral, scale_min)
+        blobs.append(_blob(f"identity/{i}/mlp_bias0", "f32", ident.mlp_bias0))
     prepared, sparse = _prepare_bases(bundle, sparse_threshold, energy_weights)
     kept = {}
     for g in GROUP_NAMES:
         values, index = prepared[g]
-        blobs += _basis_blobs(bundle.bases[g], quant, index, values)
+        blobs += _basis_blobs(bundle.bases[g], quant, index, values, storage.index, G)
         kept[g] = (G if index is None else len(index)) / G if bundle.bases[g].rank else 0.0
-    for j, layer in enumerate(bundle.mlp.layers):
-        blobs.append(_blob(f"mlp/{j}/weight", "f32", layer.weight))
-        if j > 0:
-            blobs.append(_blob(f"mlp/{j}/bias", "f32", layer.bias))
+    blobs += _mlp_blobs(bundle.mlp, storage.mlp)
+    for b in blobs:
+        if b.dtype in ("f32", "f16") and not np.all(np.isfinite(np.frombuffer(b.data, DTYPES[b.dtype]))):
+            raise ValueError(f"{b.name} has non-finite values (NaN or infinity; fp16 overflows past 65504)")
 
     threshold = None if sparse_threshold is None else float(sparse_threshold)
     # offsets live in the JSON, whose length moves the first offset: iterate to a fixed point
     data_start = align(PREAMBLE.size)
     while True:
         file_length = _layout(blobs, data_start)
-        header_bytes = _encode_header(_header(bundle, quant, sparse, threshold, blobs))
+        header_bytes = _encode_header(_header(bundle, storage, sparse, threshold, blobs))
         need = align(PREAMBLE.size + len(header_bytes))
         if need <= data_start:
             break
@@ -279,7 +377,8 @@ def write_agm(
 
     sections = {b.name: b.length for b in blobs}
     cats = categories(sections, PREAMBLE.size + len(header_bytes), file_length)
-    return WriteStats(path, file_length, G, len(bundle.identities), quant, sparse, sections, cats, kept)
+    return WriteStats(path, file_length, G, len(bundle.identities), quant, sparse, sections, cats, kept, storage)
 
 
-__all__ = ["WriteStats", "quantize_int8", "select_sparse", "write_agm"]
+__all__ = ["COMPACT", "NEUTRAL_BITS", "NEUTRAL_CHOICES", "StorageConfig", "WriteStats", "quantize_int8",
+           "select_sparse", "write_agm"]

@@ -192,6 +192,16 @@ def bundle(
         EXTRACTION.rank, min=1, help="K: blendshapes kept per attribute group (xyz, scale, rotation, opacity)."
     ),
     quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),
+    neutral: str = typer.Option(
+        "q12", help="Storage of the neutral attributes (.agm 1.1): q8 (positions 16-bit, the rest 8-bit), q12 "
+        "(log-scales and SH DC 16-bit too), q16 (all 16-bit), or float (f32, as .agm 1.0)."
+    ),
+    mlp_weights: str = typer.Option("fp16", help="Storage of the MLP weights: fp16, int8 (per-row scales) or f32."),
+    budget_db: float | None = typer.Option(
+        None, min=0.0, help="Fidelity budget: pick the sparse tolerance (ranks per group, sparse sets) and every "
+        "quantisation so that the stored bundle renders within this many dB of the unquantised blend "
+        "(replaces --quant, --neutral, --mlp-weights and --sparse-tolerance)."
+    ),
     sparse: bool = typer.Option(
         True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."
     ),
@@ -226,13 +236,16 @@ def bundle(
 
     from agora_core.agora_m.extract import extract_agora_m
     from agora_core.types.io import file_sha256, temp_sibling
-    from exporter.agm.build import build_bundle, stored_fidelity
-    from exporter.agm.read import read_agm
-    from exporter.agm.sparsify import sparsify
-    from exporter.agm.write import write_agm
+    from exporter.agm.budget import StoreOptions, store_extraction
+    from exporter.agm.write import StorageConfig
 
     t0 = time.perf_counter()
     require_suffix(out, ".agm")
+    try:
+        storage = StorageConfig(quant=quant.value, neutral=neutral, mlp=mlp_weights, index="auto").validate()
+    except ValueError as exc:
+        raise AgoraError(f"--neutral/--mlp-weights: {exc}") from None
+    options = StoreOptions(storage=storage, sparse=sparse, sparse_tolerance=sparse_tolerance, budget_db=budget_db)
     try:
         hidden = tuple(int(x) for x in mlp_hidden.split(","))
     except ValueError:
@@ -257,15 +270,15 @@ def bundle(
     result = extract_agora_m(gen, config, progress=not quiet)
     provenance = {"checkpoint_sha256": file_sha256(model.checkpoint) if model.checkpoint else None,
                   "init_seed": None if model.checkpoint else model.init_seed, "weights": gen.source}
-    agm = build_bundle(result, gen, provenance)
-    if sparse:
-        sparsify(agm, result, sparse_tolerance)
-    options = dict(quant=quant.value)
     # write once, measure the stored (quantised/sparse) bundle, then write the file with its own report
     with temp_sibling(out, "probe") as probe:
-        write_agm(agm, probe, **options)
-        agm.fidelity["stored"] = stored_fidelity(read_agm(probe), result, gen)
-    stats = write_agm(agm, out, **options)
+        agm, stats, budget = store_extraction(result, gen, provenance, out, options, probe)
+    if budget is not None:
+        typer.echo(f"fidelity budget {budget_db:g} dB: {len(budget.tried)} storage variants measured; chosen "
+                   f"{budget.chosen.candidate.label()} ({budget.chosen.loss_db:+.2f} dB)")
+        if not budget.within:
+            typer.secho(f"WARNING: no variant stays within {budget_db:g} dB; wrote the most faithful one measured",
+                        err=True, fg=typer.colors.YELLOW, bold=True)
     elapsed = time.perf_counter() - t0
     typer.echo(bundle_summary(out, result, agm, stats, elapsed))
     warning = fidelity_warning(agm.fidelity, samples, epochs)
@@ -327,42 +340,25 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ) -> None:
     """Show an .agm bundle's header, sections (with CRC status), sizes and fidelity report."""
-    from exporter.agm import inspect_agm
+    from exporter.agm.inspect import format_inspection, inspect_agm
 
-    if not bundle.is_file():
-        raise AgoraError(f"bundle not found: {bundle}")
+    check_bundle_path(bundle)
     report = inspect_agm(bundle)
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps(report, indent=2, ensure_ascii=True))
     else:
         typer.echo(format_inspection(report))
     if not report.get("valid", False):
-        fail(f"{bundle}: {report.get('error')}")
+        fail(str(report.get("error")))  # the message names the file once
 
 
-def format_inspection(report: dict) -> str:
-    """Human-readable text of :func:`exporter.agm.inspect_agm`'s report."""
-    sizes = report.get("sizes", {})
-    lines = [
-        f"{report['path']}: .agm {report['version']}, {'valid' if report['valid'] else 'INVALID'}",
-        f"Gaussians {report.get('gaussian_count')}, identities {len(report.get('identities') or [])}, "
-        f"parameters {len(report.get('parameters') or [])}, quantization {json.dumps(report.get('quantization'))}",
-        "groups: " + ", ".join(f"{g.get('name')} K={g.get('rank')}" for g in report.get("groups") or []),
-        f"size {sizes.get('total', 0) / 1e6:.2f} MB = {sizes.get('bytes_per_gaussian', 0):.1f} B/Gaussian "
-        f"(bases {sizes.get('basis_bytes_per_gaussian', 0):.1f} B/Gaussian)",
-        f"{'section':<28} {'dtype':>5} {'shape':>18} {'bytes':>12}  crc",
-    ]
-    for s in report.get("sections", []):
-        crc = {True: "ok", False: "BAD", None: "n/a"}[s.get("crc_ok")]
-        lines.append(
-            f"{str(s.get('name')):<28} {str(s.get('dtype')):>5} {str(s.get('shape')):>18} "
-            f"{s.get('bytes') or 0:>12,}  {crc}"
-        )
-    if report.get("fidelity"):
-        lines.append("fidelity: " + json.dumps(report["fidelity"]))
-    if report.get("provenance"):
-        lines.append("provenance: " + json.dumps(report["provenance"]))
-    return "\n".join(lines)
+def check_bundle_path(path: Path) -> None:
+    """One error line when ``path`` cannot be a bundle: missing, a directory, a device or pipe."""
+    from exporter.agm.read import bundle_path_problem
+
+    problem = bundle_path_problem(path)
+    if problem:
+        raise AgoraError(f"{path}: {problem}" if problem != "not found" else f"bundle not found: {path}")
 
 
 @app.command()
@@ -406,8 +402,7 @@ def serve(
     from webviewer import server
 
     for path in bundles:
-        if not path.is_file():
-            raise AgoraError(f"bundle not found: {path}")
+        check_bundle_path(path)
         if check:
             read_agm(path)
     options = {}
@@ -529,6 +524,16 @@ def import_official_cmd(
         None, min=1, help="K: keep the first K bases per group (default: all of the largest basis file)."
     ),
     quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),
+    neutral: str = typer.Option(
+        "q12", help="Storage of the neutral attributes (.agm 1.1): q8 (positions 16-bit, the rest 8-bit), q12 "
+        "(log-scales and SH DC 16-bit too), q16 (all 16-bit), or float (f32, as .agm 1.0)."
+    ),
+    mlp_weights: str = typer.Option("fp16", help="Storage of the MLP weights: fp16, int8 (per-row scales) or f32."),
+    budget_db: float | None = typer.Option(
+        None, min=0.0, help="Fidelity budget: pick the sparse tolerance (ranks per group, sparse sets) and every "
+        "quantisation so that the stored bundle renders within this many dB of the unquantised blend "
+        "(replaces --quant, --neutral, --mlp-weights and --sparse-tolerance)."
+    ),
     sparse: bool = typer.Option(
         True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."
     ),
@@ -601,8 +606,7 @@ def sequence(
     require_suffix(out, ".json")
     parameters = None
     if bundle is not None:
-        if not bundle.is_file():
-            raise AgoraError(f"bundle not found: {bundle}")
+        check_bundle_path(bundle)
         parameters = read_agm(bundle).parameters
     rep = convert_sequence(src, out, parameters=parameters, fps=fps, smooth=smooth, smooth_order=smooth_order)
     seq = rep.sequence

@@ -14,10 +14,23 @@ precision highp isampler2D;
 precision highp usampler2D;
 precision highp usampler2DArray;
 
+#ifdef NEUTRAL_QUANTIZED
+// .agm 1.1 quantised neutral attributes, decoded here (docs/agm-format.md)
+uniform usampler2D uMeans;      // R/RGB 8UI or 16UI: origin + step * q
+uniform usampler2D uScales;     // log-scales: exp(origin + step * q)
+uniform usampler2D uQuats;      // R32UI smallest-three quaternions
+uniform usampler2D uOpacities;  // origin + step * q
+uniform vec3 uMeanOrigin;
+uniform vec3 uMeanStep;
+uniform vec3 uLogScaleOrigin;
+uniform vec3 uLogScaleStep;
+uniform vec2 uOpacityRange;     // origin, step
+#else
 uniform sampler2D uMeans;      // RGB32F neutral positions
 uniform sampler2D uScales;     // RGB32F neutral scales
 uniform sampler2D uQuats;      // RGBA32F neutral quaternions (w x y z)
 uniform sampler2D uOpacities;  // R32F neutral opacities
+#endif
 uniform isampler2D uSlots;     // RGBA32I: slot m of the Gaussian in each group's basis, -1 if none
 uniform usampler2D uCoeffs;    // blend coefficients (float bits; int8: times the per-basis scales),
                                // group g from texel uStart[g] / 4
@@ -87,6 +100,21 @@ vec4 blendGroup(usampler2DArray basis, int slot, int dim, int perComp, int start
   return acc;
 }
 
+#ifdef NEUTRAL_QUANTIZED
+// smallest-three: bits 30-31 the left-out (largest, >= 0) component, three 10-bit fields of the
+// others in w x y z order, each u / 1023 * 2r - r with r = 1/sqrt(2)
+vec4 decodeQuat(uint w) {
+  const float R = 0.7071067811865476;
+  vec3 a = vec3(uvec3(w >> 20u, w >> 10u, w) & 1023u) / 1023.0 * (2.0 * R) - R;
+  float big = sqrt(max(0.0, 1.0 - dot(a, a)));
+  uint i = w >> 30u;
+  if (i == 0u) return vec4(big, a);
+  if (i == 1u) return vec4(a.x, big, a.yz);
+  if (i == 2u) return vec4(a.xy, big, a.z);
+  return vec4(a, big);
+}
+#endif
+
 void main() {
   ivec2 px = ivec2(gl_FragCoord.xy);
   int i = px.y * GAUSS_TW + px.x;
@@ -96,10 +124,17 @@ void main() {
     oQuat = uvec4(0u);
     return;
   }
+#ifdef NEUTRAL_QUANTIZED
+  vec3 mean = uMeanOrigin + uMeanStep * vec3(texelFetch(uMeans, px, 0).xyz);
+  vec3 scale = exp(uLogScaleOrigin + uLogScaleStep * vec3(texelFetch(uScales, px, 0).xyz));
+  vec4 quat = decodeQuat(texelFetch(uQuats, px, 0).x);
+  float opacity = uOpacityRange.x + uOpacityRange.y * float(texelFetch(uOpacities, px, 0).x);
+#else
   vec3 mean = texelFetch(uMeans, px, 0).xyz;
   vec3 scale = texelFetch(uScales, px, 0).xyz;
   vec4 quat = texelFetch(uQuats, px, 0);
   float opacity = texelFetch(uOpacities, px, 0).x;
+#endif
   ivec4 slot = texelFetch(uSlots, px, 0);
   if (slot.x >= 0) mean += blendGroup(uBasisXyz, slot.x, 3, uTexelsPerComp.x, uStart.x).xyz;
   if (slot.y >= 0) scale += blendGroup(uBasisScale, slot.y, 3, uTexelsPerComp.y, uStart.y).xyz;

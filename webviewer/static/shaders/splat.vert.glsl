@@ -12,7 +12,16 @@ uniform usampler2D uOrder;        // R32UI: splat rank -> Gaussian index
 uniform usampler2D uMeanOpacity;  // animated Gaussians from the blend pass (float bits)
 uniform usampler2D uScale;
 uniform usampler2D uQuat;
+#ifdef SH_QUANTIZED
+uniform usampler2D uSHdc;         // .agm 1.1: SH DC, 8/16-bit per Gaussian (GAUSS_TW per row)
+uniform usampler2D uSHrest;       // SH bands 1-3: SH_PER_ROW Gaussians x 3 texels per row
+uniform vec3 uShDcOrigin;
+uniform vec3 uShDcStep;
+uniform vec3 uShRestOrigin[3];
+uniform vec3 uShRestStep[3];
+#else
 uniform sampler2D uSH;            // RGB16F: SH_PER_ROW Gaussians x 4 coefficients per row
+#endif
 uniform mat3 uRot;                // world -> camera rotation (rows: right, down, forward)
 uniform vec3 uTrans;              // world -> camera translation
 uniform vec3 uCamPos;             // camera centre (world)
@@ -110,11 +119,19 @@ void main() {
   // view-dependent colour, SH degree 1
   vec3 dir = mo.xyz - uCamPos;
   dir = dir / max(length(dir), 1e-12);
+#ifdef SH_QUANTIZED
+  ivec2 sc = ivec2((id % SH_PER_ROW) * 3, id / SH_PER_ROW);
+  vec3 sh0 = uShDcOrigin + uShDcStep * vec3(texelFetch(uSHdc, g, 0).xyz);
+  vec3 sh1 = uShRestOrigin[0] + uShRestStep[0] * vec3(texelFetch(uSHrest, sc, 0).xyz);
+  vec3 sh2 = uShRestOrigin[1] + uShRestStep[1] * vec3(texelFetch(uSHrest, sc + ivec2(1, 0), 0).xyz);
+  vec3 sh3 = uShRestOrigin[2] + uShRestStep[2] * vec3(texelFetch(uSHrest, sc + ivec2(2, 0), 0).xyz);
+#else
   ivec2 sc = ivec2((id % SH_PER_ROW) * 4, id / SH_PER_ROW);
   vec3 sh0 = texelFetch(uSH, sc, 0).rgb;
   vec3 sh1 = texelFetch(uSH, sc + ivec2(1, 0), 0).rgb;
   vec3 sh2 = texelFetch(uSH, sc + ivec2(2, 0), 0).rgb;
   vec3 sh3 = texelFetch(uSH, sc + ivec2(3, 0), 0).rgb;
+#endif
   vec3 rgb = SH_C0 * sh0 - SH_C1 * dir.y * sh1 + SH_C1 * dir.z * sh2 - SH_C1 * dir.x * sh3;
   vColor = max(rgb + 0.5, vec3(0.0));
   vOpacity = opacity;

@@ -51,7 +51,8 @@ export function jsHeapBytes() {
   return m && Number.isFinite(m.usedJSHeapSize) ? Math.round(m.usedJSHeapSize) : null;
 }
 
-const TEXEL_BYTES = { R32F: 4, RGB32F: 12, RGBA32F: 16, RGB16F: 6, RGBA32I: 16, R32UI: 4, RGBA32UI: 16 };
+const TEXEL_BYTES = { R32F: 4, RGB32F: 12, RGBA32F: 16, RGB16F: 6, RGBA16F: 8, RGBA32I: 16, R32UI: 4, RGBA32UI: 16,
+  R8UI: 1, RGB8UI: 3, R16UI: 2, RGB16UI: 6 };
 
 /** Bytes of some textures of a SplatData (the baseline uses only the animated targets, SH and order). */
 export function textureBytes(textures) {

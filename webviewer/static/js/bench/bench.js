@@ -195,8 +195,10 @@ async function runBaseline(options, frames, driving, errors) {
   viewer.animatedVersion = -1;
   const ortFiles = env.ort?.files?.[options.ep] ?? [];
   const ortBytes = ortFiles.reduce((s, name) => s + (env.ort.bytes[name] || 0), 0);
-  const shBytes = env.bundle.gaussianCount * 4 * 3 * 2; // the colour (f16 SH), constant: not in the ONNX path
-  const used = [...data.animated.textures, data.sh, data.order];
+  // the colour (SH as stored: f16, or .agm 1.1 quantised), constant: not in the ONNX path
+  const q = env.bundle.identities[0].neutralQ;
+  const shBytes = q ? q.sh_dc.data.byteLength + q.sh_rest.data.byteLength : env.bundle.gaussianCount * 4 * 3 * 2;
+  const used = [...data.animated.textures, ...(data.quantizedNeutral ? [data.shDc, data.shRest] : [data.sh]), data.order];
   return {
     baseline,
     mode: modeResult({ name: "baseline", label: "AGORA, onnxruntime-web", gaussians: baseline.count,

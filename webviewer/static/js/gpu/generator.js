@@ -12,18 +12,22 @@ export async function loadGeneratorSources() {
   return { vs, mlp, scale, blend, cache: new Map() };
 }
 
-/** Programs for a bundle (the blend pass is specialised on the quantisation). */
-function programsFor(gl, sources, quant) {
+/** Programs for a bundle (the blend pass is specialised on the quantisation of the bases and of the
+ * neutral attributes). */
+function programsFor(gl, sources, quant, quantizedNeutral) {
   const make = (fs, name, extra = {}) => {
     const defines = { ...SHADER_DEFINES, ...extra };
     return createProgram(gl, withDefines(sources.vs, defines), withDefines(fs, defines), name);
   };
-  const key = `blend:${quant}`;
+  const key = `blend:${quant}:${quantizedNeutral}`;
   if (!sources.cache.has("mlp")) {
     sources.cache.set("mlp", make(sources.mlp, "mlp"));
     sources.cache.set("scale", make(sources.scale, "coefficient scales"));
   }
-  if (!sources.cache.has(key)) sources.cache.set(key, make(sources.blend, `blend (${quant})`, { BASES_INT8: quant === "int8" }));
+  if (!sources.cache.has(key)) {
+    sources.cache.set(key, make(sources.blend, `blend (${quant}${quantizedNeutral ? ", quantised neutral" : ""})`,
+      { BASES_INT8: quant === "int8", NEUTRAL_QUANTIZED: quantizedNeutral }));
+  }
   return { mlp: sources.cache.get("mlp"), scale: sources.cache.get("scale"), blend: sources.cache.get(key) };
 }
 
@@ -31,7 +35,7 @@ export class Generator {
   constructor(gl, data, sources) {
     this.gl = gl;
     this.data = data;
-    this.programs = programsFor(gl, sources, data.quant);
+    this.programs = programsFor(gl, sources, data.quant, data.quantizedNeutral);
     this.vao = gl.createVertexArray();
     this.runs = 0;
   }
@@ -109,6 +113,14 @@ export class Generator {
     gl.uniform1f(b.u.uScaleMin, c.scale_min);
     gl.uniform1f(b.u.uOpacityMin, c.opacity_min);
     gl.uniform1f(b.u.uOpacityMax, c.opacity_max);
+    if (d.quantizedNeutral) {
+      const r = d.ranges;
+      gl.uniform3fv(b.u.uMeanOrigin, r.means.subarray(0, 3));
+      gl.uniform3fv(b.u.uMeanStep, r.means.subarray(3, 6));
+      gl.uniform3fv(b.u.uLogScaleOrigin, r.scales.subarray(0, 3));
+      gl.uniform3fv(b.u.uLogScaleStep, r.scales.subarray(3, 6));
+      gl.uniform2fv(b.u.uOpacityRange, r.opacities);
+    }
     gl.drawArrays(gl.TRIANGLES, 0, 3);
 
     gl.bindFramebuffer(gl.FRAMEBUFFER, null);

@@ -10,18 +10,30 @@ import { SHADER_DEFINES } from "./splat-data.js";
 
 export const DRAW_PATHS = ["indexed", "vertex", "instanced"];
 
+/** The splat programs of a draw path: `get(shQuantized)` compiles (once) the variant that reads
+ * float SH (RGB16F) or the 1.1 quantised SH (integer textures decoded in the vertex shader). */
 export async function loadSplatProgram(gl, drawPath) {
   if (!DRAW_PATHS.includes(drawPath)) throw new Error(`unknown draw path ${drawPath}`);
   const [vs, fs] = await Promise.all(["splat.vert.glsl", "splat.frag.glsl"].map(loadShader));
-  const defines = { ...SHADER_DEFINES, DRAW_INDEXED: drawPath === "indexed", DRAW_INSTANCED: drawPath === "instanced" };
-  return createProgram(gl, withDefines(vs, defines), withDefines(fs, defines), `splat (${drawPath})`);
+  const cache = new Map();
+  const get = (shQuantized) => {
+    if (!cache.has(shQuantized)) {
+      const defines = { ...SHADER_DEFINES, DRAW_INDEXED: drawPath === "indexed", DRAW_INSTANCED: drawPath === "instanced",
+        SH_QUANTIZED: shQuantized };
+      cache.set(shQuantized, createProgram(gl, withDefines(vs, defines), withDefines(fs, defines),
+        `splat (${drawPath}${shQuantized ? ", quantised SH" : ""})`));
+    }
+    return cache.get(shQuantized);
+  };
+  get(false);
+  return { get };
 }
 
 export class SplatRenderer {
-  constructor(gl, data, program, drawPath) {
+  constructor(gl, data, programs, drawPath) {
     this.gl = gl;
     this.data = data;
-    this.program = program;
+    this.program = programs.get(data.quantizedNeutral);
     this.drawPath = drawPath;
     this.vao = gl.createVertexArray();
     this.eps2d = 0.3;
@@ -68,7 +80,17 @@ export class SplatRenderer {
     bindTexture(gl, 1, d.animated.textures[0], p.u.uMeanOpacity);
     bindTexture(gl, 2, d.animated.textures[1], p.u.uScale);
     bindTexture(gl, 3, d.animated.textures[2], p.u.uQuat);
-    bindTexture(gl, 4, d.sh, p.u.uSH);
+    if (d.quantizedNeutral) {
+      bindTexture(gl, 4, d.shDc, p.u.uSHdc);
+      bindTexture(gl, 5, d.shRest, p.u.uSHrest);
+      const r = d.ranges;
+      gl.uniform3fv(p.u.uShDcOrigin, r.sh_dc.subarray(0, 3));
+      gl.uniform3fv(p.u.uShDcStep, r.sh_dc.subarray(3, 6));
+      gl.uniform3fv(p.u.uShRestOrigin, r.sh_rest.subarray(0, 9));
+      gl.uniform3fv(p.u.uShRestStep, r.sh_rest.subarray(9, 18));
+    } else {
+      bindTexture(gl, 4, d.sh, p.u.uSH);
+    }
     const R = view.R;
     // mat3 uniforms are column-major: pass R transposed
     gl.uniformMatrix3fv(p.u.uRot, false, [R[0][0], R[1][0], R[2][0], R[0][1], R[1][1], R[2][1], R[0][2], R[1][2], R[2][2]]);

@@ -4,6 +4,11 @@
 // Layouts (shared with the shaders through #defines):
 //   per-Gaussian textures: GAUSS_TW Gaussians per row, row-major by Gaussian index;
 //   SH: SH_PER_ROW Gaussians x 4 RGB16F texels (DC, then the three degree-1 bands) per row;
+//   .agm 1.1 quantised neutral attributes stay as stored, in integer textures the shaders decode
+//     (origin + step * q; exp for log-scales; smallest-three quaternions): positions, log-scales,
+//     opacities and SH DC per Gaussian (R/RGB 8UI or 16UI), quaternions R32UI, SH bands 1-3
+//     SH_PER_ROW Gaussians x 3 texels per row; their [origin, step] ranges are uniforms;
+//   MLP weights: RGBA32F, or RGBA16F with the stored binary16 bits of an fp16 bundle;
 //   bases: one RGBA32UI 2D-array texture per group, repacked at load so that one texel holds 16
 //     int8 (or 8 fp16) values of ONE component for 16 (8) consecutive bases: layer t = j * (Kp/L) + q
 //     holds U[16q .. 16q+15, m, j] of slot m at texel m (Kp: K rounded up to 16; L: 16 or 8 values
@@ -94,12 +99,17 @@ export class SplatData {
     this.textures = [];
     const keep = (t) => (this.textures.push(t), t);
 
-    // neutral avatar (per identity, re-uploaded by setIdentity)
-    this.means = keep(createTexture2D(gl, "RGB32F", GAUSS_TW, this.rows));
-    this.scales = keep(createTexture2D(gl, "RGB32F", GAUSS_TW, this.rows));
-    this.quats = keep(createTexture2D(gl, "RGBA32F", GAUSS_TW, this.rows));
-    this.opacities = keep(createTexture2D(gl, "R32F", GAUSS_TW, this.rows));
-    this.sh = keep(createTexture2D(gl, "RGB16F", SH_PER_ROW * 4, this.shRows));
+    // neutral avatar (per identity, re-uploaded by setIdentity; quantised: textures made there, as
+    // their formats follow each identity's stored dtypes)
+    this.quantizedNeutral = bundle.neutralStorage === "quantized";
+    this.neutralTextures = [];
+    if (!this.quantizedNeutral) {
+      this.means = keep(createTexture2D(gl, "RGB32F", GAUSS_TW, this.rows));
+      this.scales = keep(createTexture2D(gl, "RGB32F", GAUSS_TW, this.rows));
+      this.quats = keep(createTexture2D(gl, "RGBA32F", GAUSS_TW, this.rows));
+      this.opacities = keep(createTexture2D(gl, "R32F", GAUSS_TW, this.rows));
+      this.sh = keep(createTexture2D(gl, "RGB16F", SH_PER_ROW * 4, this.shRows));
+    }
 
     // slots: where each Gaussian sits in each group's basis (-1: not carried)
     const slots = new Int32Array(GAUSS_TW * this.rows * 4).fill(-1);
@@ -147,8 +157,10 @@ export class SplatData {
       const texels = Math.max(1, layer.out * inTexels);
       const width = Math.min(texels, WEIGHT_TW);
       const height = ceilDiv(texels, width);
-      const w = new Float32Array(width * height * 4);
-      for (let r = 0; r < layer.out; r++) w.set(layer.weight.subarray(r * layer.in, (r + 1) * layer.in), r * inTexels * 4);
+      const half = layer.weightHalf; // fp16 bundle: the stored bits, sampled as floats by the same shader
+      const src = half || layer.weight;
+      const w = half ? new Uint16Array(width * height * 4) : new Float32Array(width * height * 4);
+      for (let r = 0; r < layer.out; r++) w.set(src.subarray(r * layer.in, (r + 1) * layer.in), r * inTexels * 4);
       const last = j === bundle.mlp.layers.length - 1;
       return {
         in: layer.in,
@@ -158,7 +170,7 @@ export class SplatData {
         activation: layer.activation === "leaky_relu" ? 1 : 0,
         slope: layer.negativeSlope,
         last,
-        weight: keep(createTexture2D(gl, "RGBA32F", width, height, w)),
+        weight: keep(createTexture2D(gl, half ? "RGBA16F" : "RGBA32F", width, height, w)),
         bias: j === 0 ? null : keep(vectorTexture(gl, "RGBA32F", layer.out, layer.bias)),
       };
     });
@@ -191,16 +203,46 @@ export class SplatData {
     if (!ident) throw new Error(`no identity ${i}`);
     const gl = this.gl;
     const G = this.count;
-    uploadRows(gl, this.means, ident.means, G);
-    uploadRows(gl, this.scales, ident.scales, G);
-    uploadRows(gl, this.quats, ident.quats, G);
-    uploadRows(gl, this.opacities, ident.opacities, G);
-    uploadRows(gl, this.sh, ident.sh, G * 4);
+    if (this.quantizedNeutral) {
+      this.uploadQuantized(ident.neutralQ);
+    } else {
+      uploadRows(gl, this.means, ident.means, G);
+      uploadRows(gl, this.scales, ident.scales, G);
+      uploadRows(gl, this.quats, ident.quats, G);
+      uploadRows(gl, this.opacities, ident.opacities, G);
+      uploadRows(gl, this.sh, ident.sh, G * 4);
+    }
     this.bias0Data.fill(0);
     this.bias0Data.set(ident.mlpBias0);
     gl.bindTexture(gl.TEXTURE_2D, this.bias0.tex);
     gl.texSubImage2D(gl.TEXTURE_2D, 0, 0, 0, this.bias0.width, this.bias0.height, gl.RGBA, gl.FLOAT, this.bias0Data);
     this.identity = i;
+  }
+
+  /** 1.1 quantised neutral attributes, as stored, into integer textures (formats from their dtypes). */
+  uploadQuantized(q) {
+    const gl = this.gl;
+    const G = this.count;
+    for (const t of this.neutralTextures) {
+      deleteTexture(gl, t);
+      this.textures.splice(this.textures.indexOf(t), 1);
+    }
+    const make = (internal, width, rows, data, count) => {
+      const t = createTexture2D(gl, internal, width, rows);
+      uploadRows(gl, t, data, count);
+      this.textures.push(t);
+      this.neutralTextures.push(t);
+      return t;
+    };
+    const bits = (a) => (a instanceof Uint16Array ? "16" : "8");
+    this.means = make(`RGB${bits(q.means.data)}UI`, GAUSS_TW, this.rows, q.means.data, G);
+    this.scales = make(`RGB${bits(q.scales.data)}UI`, GAUSS_TW, this.rows, q.scales.data, G);
+    this.quats = make("R32UI", GAUSS_TW, this.rows, q.quats.data, G);
+    this.opacities = make(`R${bits(q.opacities.data)}UI`, GAUSS_TW, this.rows, q.opacities.data, G);
+    this.shDc = make(`RGB${bits(q.sh_dc.data)}UI`, GAUSS_TW, this.rows, q.sh_dc.data, G);
+    this.shRest = make(`RGB${bits(q.sh_rest.data)}UI`, SH_PER_ROW * 3, this.shRows, q.sh_rest.data, G * 3);
+    // [origin..., step...] of each attribute: the decode uniforms
+    this.ranges = Object.fromEntries(["means", "scales", "opacities", "sh_dc", "sh_rest"].map((f) => [f, q[f].range]));
   }
 
   /** Upload the MLP input vector. */
@@ -223,7 +265,8 @@ export class SplatData {
 
   /** Approximate GPU memory of the textures, in bytes. */
   gpuBytes() {
-    const bytes = { R32F: 4, RGB32F: 12, RGBA32F: 16, RGB16F: 6, RGBA32I: 16, R32UI: 4, RGBA32UI: 16 };
+    const bytes = { R32F: 4, RGB32F: 12, RGBA32F: 16, RGB16F: 6, RGBA16F: 8, RGBA32I: 16, R32UI: 4, RGBA32UI: 16,
+      R8UI: 1, RGB8UI: 3, R16UI: 2, RGB16UI: 6 };
     return this.textures.reduce((s, t) => s + t.width * t.height * (t.depth || 1) * bytes[t.internal], 0);
   }
 

@@ -137,6 +137,7 @@ export class ViewerUI {
       el("div", { textContent: `.agm ${bundle.version.join(".")} · ${(bundle.byteLength / 1e6).toFixed(2)} MB · ` +
         `${bundle.gaussianCount.toLocaleString()} Gaussians · ${bundle.identities.length} identit${bundle.identities.length === 1 ? "y" : "ies"}` }),
       el("div", { textContent: `bases ${bundle.quantization}${bundle.sparse ? " sparse" : ""}: ${ranks}` }),
+      el("div", { textContent: `.agm ${bundle.version.join(".")} · neutral ${bundle.neutralStorage} · MLP weights ${bundle.mlpStorage}` }),
       el("div", { textContent: `MLP ${bundle.mlp.layers.map((l) => l.out).join("→")} · GPU ${(v.data.gpuBytes() / 1e6).toFixed(0)} MB` }),
       el("div", { textContent: fid }),
     );

@@ -109,3 +109,39 @@ def test_truncate_ranks_drops_only_blendshapes_no_gaussian_needs():
         assert 0 < lost < 1e-2  # something was dropped, and it was small
     again = {g: bundle.bases[g].values for g in bundle.bases}
     assert truncate_ranks(bundle, again, {g: np.ones(again[g].shape[0], np.float32) for g in again}, 0.0)[2] == ranks
+
+
+def test_budget_db_picks_the_storage_within_the_budget(tmp_path):
+    out = tmp_path / "budget.agm"
+    result = runner.invoke(app, ["bundle", *FAST, "--budget-db", "0.5", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "fidelity budget 0.5 dB" in result.output and "storage variants measured" in result.output
+    b = read_agm(out)
+    budget = b.fidelity["budget"]
+    assert budget["budget_db"] == 0.5 and len(budget["tried"]) >= 1
+    loss = b.fidelity["unquantized"]["render_psnr_agora_m"] - b.fidelity["stored"]["render_psnr"]
+    if budget["within"]:
+        assert loss <= 0.5 + 1e-6
+        # the chosen variant is the smallest measured one within the budget
+        fitting = [t for t in budget["tried"] if t["loss_db"] <= 0.5]
+        assert budget["chosen"] == min(fitting, key=lambda t: t["bytes"])["candidate"]
+    else:
+        assert "WARNING: no variant stays within" in result.output
+
+
+def test_default_bundle_is_agm_1_1_compact(two_identity_bundle):
+    b = read_agm(two_identity_bundle[0])
+    assert b.version == (1, 1)
+    assert b.quantization["neutral"] == "quantized" and b.quantization["mlp"] == "fp16"
+    assert b.quantization["bases"] == "int8" and b.quantization["sparse"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--neutral", "q4"], "--neutral/--mlp-weights: neutral must be one of"),
+    (["--mlp-weights", "f8"], "mlp must be one of"),
+])
+def test_bad_storage_options_are_one_line_errors(tmp_path, args, message):
+    out = tmp_path / "x.agm"
+    result = runner.invoke(app, ["bundle", *FAST, *args, str(out)])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not out.exists()

@@ -9,7 +9,14 @@ precision highp sampler2D;
 precision highp usampler2D;
 
 uniform usampler2D uInput;   // x (float bits), zero past the layer's input width
-uniform sampler2D uWeight;   // RGBA32F: row r of W is uInTexels texels from texel r * uInTexels (WEIGHT_TW per row)
+#ifdef WEIGHTS_INT8
+precision highp isampler2D;
+uniform isampler2D uWeight;  // RGBA8I: the stored int8 weights, laid out as below
+uniform sampler2D uRowScale; // RGBA32F: per-row scales, 4 per texel (row r of W = weight[r] * scale[r])
+#else
+uniform sampler2D uWeight;   // RGBA32F (RGBA16F for fp16 bundles): row r of W is uInTexels texels from
+                             // texel r * uInTexels (WEIGHT_TW per row)
+#endif
 uniform sampler2D uBias;     // RGBA32F: 4 biases per texel (VEC_TW per row)
 uniform int uInTexels;       // ceil(in / 4)
 uniform int uOut;            // outputs of the layer
@@ -44,10 +51,13 @@ void main() {
       int base = row * uInTexels;
       float acc = 0.0;
       for (int m = 0; m < uInTexels; m++) {
-        vec4 w = texelFetch(uWeight, at(base + m, WEIGHT_TW), 0);
+        vec4 w = vec4(texelFetch(uWeight, at(base + m, WEIGHT_TW), 0));
         vec4 x = uintBitsToFloat(texelFetch(uInput, at(m, VEC_TW), 0));
         acc += dot(w, x);
       }
+#ifdef WEIGHTS_INT8
+      acc *= texelFetch(uRowScale, at(row >> 2, VEC_TW), 0)[row & 3];
+#endif
       acc += texelFetch(uBias, at(row >> 2, VEC_TW), 0)[row & 3];
       if (uActivation == 1 && acc < 0.0) acc *= uSlope;
       result[l] = acc;

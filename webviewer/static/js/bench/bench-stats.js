@@ -52,7 +52,7 @@ export function jsHeapBytes() {
 }
 
 const TEXEL_BYTES = { R32F: 4, RGB32F: 12, RGBA32F: 16, RGB16F: 6, RGBA16F: 8, RGBA32I: 16, R32UI: 4, RGBA32UI: 16,
-  R8UI: 1, RGB8UI: 3, R16UI: 2, RGB16UI: 6 };
+  R8UI: 1, RGB8UI: 3, R16UI: 2, RGB16UI: 6, RGBA8I: 4 };
 
 /** Bytes of some textures of a SplatData (the baseline uses only the animated targets, SH and order). */
 export function textureBytes(textures) {

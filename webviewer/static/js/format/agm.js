@@ -666,10 +666,10 @@ export function readAgm(source, label = "bundle") {
   const mlpMode = h.quantization.mlp ?? "f32";
   const layers = h.mlp.layers.map((layer, j) => {
     const raw = sec(`mlp/${j}/weight`);
+    const scales = mlpMode === "int8" ? sec(`mlp/${j}/weight_scales`) : null;
     let weight = raw;
     if (mlpMode === "fp16") weight = halfToFloat(raw, halfTable());
     else if (mlpMode === "int8") {
-      const scales = sec(`mlp/${j}/weight_scales`);
       weight = new Float32Array(raw.length);
       for (let i = 0; i < raw.length; i++) weight[i] = Math.fround(raw[i] * scales[Math.floor(i / layer.in)]);
     }
@@ -680,6 +680,8 @@ export function readAgm(source, label = "bundle") {
       negativeSlope: layer.activation === "leaky_relu" ? layer.negative_slope : 0,
       weight, // float32 (decoded once at load for fp16/int8)
       weightHalf: mlpMode === "fp16" ? raw : null, // the stored binary16 bits (uploaded as they are)
+      weightInt8: mlpMode === "int8" ? raw : null, // the stored int8 values and per-row scales (likewise)
+      weightScales: scales,
       bias: j === 0 ? null : sec(`mlp/${j}/bias`),
     };
   });

@@ -22,13 +22,15 @@ function programsFor(gl, sources, quant, quantizedNeutral) {
   const key = `blend:${quant}:${quantizedNeutral}`;
   if (!sources.cache.has("mlp")) {
     sources.cache.set("mlp", make(sources.mlp, "mlp"));
+    sources.cache.set("mlp:int8", make(sources.mlp, "mlp (int8 weights)", { WEIGHTS_INT8: true }));
     sources.cache.set("scale", make(sources.scale, "coefficient scales"));
   }
   if (!sources.cache.has(key)) {
     sources.cache.set(key, make(sources.blend, `blend (${quant}${quantizedNeutral ? ", quantised neutral" : ""})`,
       { BASES_INT8: quant === "int8", NEUTRAL_QUANTIZED: quantizedNeutral }));
   }
-  return { mlp: sources.cache.get("mlp"), scale: sources.cache.get("scale"), blend: sources.cache.get(key) };
+  return { mlp: sources.cache.get("mlp"), mlpInt8: sources.cache.get("mlp:int8"), scale: sources.cache.get("scale"),
+    blend: sources.cache.get(key) };
 }
 
 export class Generator {
@@ -51,10 +53,11 @@ export class Generator {
     gl.disable(gl.SCISSOR_TEST);
 
     // (1) the MLP, one pass per layer
-    const p = this.programs.mlp;
-    gl.useProgram(p.program);
     let input = d.params;
     d.layers.forEach((layer, j) => {
+      const p = layer.rowScales ? this.programs.mlpInt8 : this.programs.mlp;
+      gl.useProgram(p.program);
+      if (layer.rowScales) bindTexture(gl, 3, layer.rowScales, p.u.uRowScale);
       const target = d.activations[j];
       gl.bindFramebuffer(gl.FRAMEBUFFER, target.fbo);
       gl.viewport(0, 0, target.width, target.height);

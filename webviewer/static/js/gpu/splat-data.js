@@ -8,7 +8,8 @@
 //     (origin + step * q; exp for log-scales; smallest-three quaternions): positions, log-scales,
 //     opacities and SH DC per Gaussian (R/RGB 8UI or 16UI), quaternions R32UI, SH bands 1-3
 //     SH_PER_ROW Gaussians x 3 texels per row; their [origin, step] ranges are uniforms;
-//   MLP weights: RGBA32F, or RGBA16F with the stored binary16 bits of an fp16 bundle;
+//   MLP weights: RGBA32F, or RGBA16F with the stored binary16 bits of an fp16 bundle, or RGBA8I with
+//     the stored int8 values of an int8 bundle (per-row scales in a vector texture, applied in the pass);
 //   bases: one RGBA32UI 2D-array texture per group, repacked at load so that one texel holds 16
 //     int8 (or 8 fp16) values of ONE component for 16 (8) consecutive bases: layer t = j * (Kp/L) + q
 //     holds U[16q .. 16q+15, m, j] of slot m at texel m (Kp: K rounded up to 16; L: 16 or 8 values
@@ -158,8 +159,10 @@ export class SplatData {
       const width = Math.min(texels, WEIGHT_TW);
       const height = ceilDiv(texels, width);
       const half = layer.weightHalf; // fp16 bundle: the stored bits, sampled as floats by the same shader
-      const src = half || layer.weight;
-      const w = half ? new Uint16Array(width * height * 4) : new Float32Array(width * height * 4);
+      const int8 = layer.weightInt8; // int8 bundle: the stored values, scaled per row by the shader
+      const src = half || int8 || layer.weight;
+      const w = half ? new Uint16Array(width * height * 4)
+        : int8 ? new Int8Array(width * height * 4) : new Float32Array(width * height * 4);
       for (let r = 0; r < layer.out; r++) w.set(src.subarray(r * layer.in, (r + 1) * layer.in), r * inTexels * 4);
       const last = j === bundle.mlp.layers.length - 1;
       return {
@@ -170,7 +173,8 @@ export class SplatData {
         activation: layer.activation === "leaky_relu" ? 1 : 0,
         slope: layer.negativeSlope,
         last,
-        weight: keep(createTexture2D(gl, half ? "RGBA16F" : "RGBA32F", width, height, w)),
+        weight: keep(createTexture2D(gl, half ? "RGBA16F" : int8 ? "RGBA8I" : "RGBA32F", width, height, w)),
+        rowScales: int8 ? keep(vectorTexture(gl, "RGBA32F", layer.out, layer.weightScales)) : null,
         bias: j === 0 ? null : keep(vectorTexture(gl, "RGBA32F", layer.out, layer.bias)),
       };
     });
@@ -266,7 +270,7 @@ export class SplatData {
   /** Approximate GPU memory of the textures, in bytes. */
   gpuBytes() {
     const bytes = { R32F: 4, RGB32F: 12, RGBA32F: 16, RGB16F: 6, RGBA16F: 8, RGBA32I: 16, R32UI: 4, RGBA32UI: 16,
-      R8UI: 1, RGB8UI: 3, R16UI: 2, RGB16UI: 6 };
+      R8UI: 1, RGB8UI: 3, R16UI: 2, RGB16UI: 6, RGBA8I: 4 };
     return this.textures.reduce((s, t) => s + t.width * t.height * (t.depth || 1) * bytes[t.internal], 0);
   }
 

@@ -310,7 +310,8 @@ def test_cli_import_official_writes_a_valid_bundle(tmp_path):
     result = runner.invoke(app, ["import-official", str(tmp_path / "rel"), str(out), "--quant", "int8", *EXACT_CLI])
     assert result.exit_code == 0, result.output
     assert "300 Gaussians x 1 identity(ies), K = 6 per group" in result.output and "55 parameters" in result.output
-    assert read_agm(out).quantization == {"bases": "int8", "sparse": True, "sparse_threshold": None}
+    assert read_agm(out).quantization == {"bases": "int8", "sparse": True, "sparse_threshold": None, "neutral": "float",
+                                          "mlp": "f32"}
     result = runner.invoke(app, ["inspect", str(out)])
     assert result.exit_code == 0 and "valid" in result.output
 

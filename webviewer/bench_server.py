@@ -1,9 +1,10 @@
 """The benchmark routes of the viewer's server (registered by :func:`webviewer.server.create_app`).
 
 * ``GET /bench``                the benchmark page (``static/bench.html``)
-* ``GET /ort/<name>``           onnxruntime-web's files, from the npm package installed by
-  ``npm ci`` (``node_modules/onnxruntime-web/dist``, or ``$AGORA_ORT_DIR``): only the names in
-  :data:`ORT_FILES` (one ES module + its wasm per execution provider), nothing else of that folder
+* ``GET /ort/<name>``           onnxruntime-web's files: ``$AGORA_ORT_DIR`` when set, else those packaged
+  in the wheel, else ``node_modules/onnxruntime-web/dist`` of a clone (:mod:`webviewer.ort_files`):
+  only the names in :data:`ORT_FILES` (one ES module + its wasm per execution provider), nothing
+  else of that folder (not its licence files either)
 * ``GET /bench/ort.json`` (or ``/bench/ort``) which execution providers' files are there, with sizes
 * ``GET /baseline.json`` (or ``/baseline``) JSON description of the ONNX baseline (404 when none is served)
 * ``GET /baseline/model.onnx``  the baseline's model; ``GET /baseline/inputs.bin`` its identity inputs
@@ -18,7 +19,6 @@ isolated (COOP/COEP), so ``performance.now()`` is precise and onnxruntime can us
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from flask import Flask, abort, jsonify, request
@@ -28,22 +28,18 @@ from exporter.interop.baseline import Baseline
 from webviewer.bench_results import MAX_RESULT_BYTES, ResultError, save_result, validate_result
 from webviewer.encoding import CompressedCache, send_encoded
 from webviewer.guards import DEFAULT_RATE_LIMIT, RateLimit, RateLimiter, retry_after
+from webviewer.ort_files import (
+    NODE_MODULES_ORT_DIR,
+    ORT_EP_FILES,
+    ORT_FILES,
+    PACKAGED_ORT_DIR,
+    ort_dir_candidates,
+    ort_dir_default,
+    ort_missing_message,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ORT_DIR = REPO_ROOT / "node_modules" / "onnxruntime-web" / "dist"
-# execution provider -> the files it loads (ES module bundle first)
-ORT_EP_FILES = {
-    "wasm": ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm"),
-    "webgpu": ("ort.webgpu.bundle.min.mjs", "ort-wasm-simd-threaded.asyncify.wasm"),
-    "webgl": ("ort.webgl.min.mjs",),
-}
-ORT_FILES = frozenset(name for files in ORT_EP_FILES.values() for name in files)
+DEFAULT_ORT_DIR = NODE_MODULES_ORT_DIR  # a git clone's `npm ci` folder (the tests' reference copy)
 ORT_MIME = {".mjs": "text/javascript", ".wasm": "application/wasm"}
-
-
-def ort_dir_default() -> Path:
-    env = os.environ.get("AGORA_ORT_DIR")
-    return Path(env) if env else DEFAULT_ORT_DIR
 
 
 def wasm_csp(csp: str) -> str:
@@ -148,4 +144,5 @@ def _read_limited(limit: int) -> bytes | None:
     return None if size > limit else b"".join(chunks)
 
 
-__all__ = ["register_bench", "ort_listing", "ORT_EP_FILES", "ORT_FILES", "DEFAULT_ORT_DIR", "wasm_csp"]
+__all__ = ["register_bench", "ort_listing", "ORT_EP_FILES", "ORT_FILES", "DEFAULT_ORT_DIR", "PACKAGED_ORT_DIR",
+           "ort_dir_candidates", "ort_dir_default", "ort_missing_message", "wasm_csp"]

@@ -12,6 +12,8 @@ The folder has the server's URL layout, so the same pages work from GitHub Pages
     ort/<file>, baseline.json,      (from the npm package) and the ONNX baseline of the first
     baseline/model.onnx, .../inputs.bin   bundle's avatar (there is no server to keep results: the
                                     page offers the result JSON as a download instead)
+    ort/LICENSES/<package>.txt      with ``bench``, when onnxruntime-web's files come from the wheel:
+                                    the licences packaged with them
 
 A static host cannot set the COOP/COEP headers that make a page cross-origin isolated (precise
 timers, onnxruntime-web threads). ``static/js/site/isolate.js`` registers ``sw.js``, which adds
@@ -74,6 +76,8 @@ def _write_bench(dest: Path, bench: SiteBench) -> None:
     for name in sorted({f for files in ORT_EP_FILES.values() for f in files}):
         if (bench.ort_dir / name).is_file():
             shutil.copyfile(bench.ort_dir / name, dest / "ort" / name)
+    if (bench.ort_dir / "LICENSES").is_dir():  # the wheel's copy has them (npm's dist folder has none)
+        shutil.copytree(bench.ort_dir / "LICENSES", dest / "ort" / "LICENSES", symlinks=False)
     (dest / "bench").mkdir()
     (dest / "bench" / "ort.json").write_text(json.dumps(ort_listing(bench.ort_dir)))
     (dest / "baseline").mkdir()

@@ -433,12 +433,11 @@ def bench_baseline(bundle_path: Path, baseline_onnx: Path | None, baseline_input
     import time
 
     from exporter.interop.baseline import build_baseline, load_baseline
-    from webviewer.bench_server import ORT_EP_FILES, ort_dir_default
+    from webviewer.bench_server import ORT_EP_FILES, ort_dir_default, ort_missing_message
 
     ort_dir = ort_dir_default()
     if not all((ort_dir / f).is_file() for f in ORT_EP_FILES["wasm"]):
-        raise AgoraError(f"onnxruntime-web is not installed in {ort_dir}: run `npm ci` in the agora repository "
-                         "(or point AGORA_ORT_DIR at its dist folder)")
+        raise AgoraError(ort_missing_message(ort_dir))
     if (baseline_onnx is None) != (baseline_inputs is None):
         raise AgoraError("--baseline-onnx and --baseline-inputs go together")
     t0 = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Build-time helpers of ``setup.py`` (not part of the installed package)."""

@@ -479,8 +479,7 @@ def site(
         raise AgoraError("give the bundle(s) and then the folder to write")
     *inputs, out = bundles
     for path in inputs:
-        if not path.is_file():
-            raise AgoraError(f"bundle not found: {path}")
+        check_bundle_path(path)
         if check:
             read_agm(path)
     extra = None

@@ -7,7 +7,8 @@ from the clone.
 
 The venv sees this environment's packages (torch etc. are not reinstalled) through a ``.pth`` file
 naming its site-packages: ``venv --system-site-packages`` would expose the base interpreter's
-packages, not this venv's. Builds need PyPI (the isolated build environment's setuptools)."""
+packages, not this venv's. Builds run with ``--no-isolation`` on this environment's setuptools and
+wheel (test extras), so the tests fetch nothing."""
 from __future__ import annotations
 
 import http.client
@@ -72,7 +73,8 @@ def built(tmp_path_factory) -> dict[str, Path]:
     """``python -m build``: the sdist, then the wheel built from it."""
     tmp = tmp_path_factory.mktemp("wheel_build")
     src = source_tree(tmp / "src")
-    run([sys.executable, "-m", "build", "--outdir", str(tmp / "dist"), str(src)], cwd=tmp, timeout=600)
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp / "dist"), str(src)], cwd=tmp,
+        timeout=600)
     wheels, sdists = list((tmp / "dist").glob("*.whl")), list((tmp / "dist").glob("*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, list((tmp / "dist").iterdir())
     return {"wheel": wheels[0], "sdist": sdists[0], "src": src}
@@ -129,8 +131,8 @@ def test_sdist_carries_what_a_wheel_built_from_it_needs(built):
 
 def test_build_without_the_npm_packages_stops_with_the_npm_ci_line(tmp_path):
     src = source_tree(tmp_path / "src", npm=False)
-    proc = run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(src)],
-               cwd=tmp_path, timeout=300, ok=False)
+    proc = run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(tmp_path / "dist"),
+                str(src)], cwd=tmp_path, timeout=300, ok=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     lines = [line for line in out.splitlines() if line.startswith("error: cannot package onnxruntime-web")]

@@ -18,10 +18,15 @@ from agora_core.agora_m.config import ExtractionConfig
 from agora_core.types.errors import AgoraError
 from exporter.cli.options import (
     MODEL_DEFAULTS,
+    BudgetDbOpt,
     CheckpointOpt,
     HeadOpt,
+    MlpWeightsOpt,
     ModelOptions,
+    NeutralOpt,
     Quant,
+    QuantOpt,
+    SparseOpt,
     fail,
     model_options,
     require_suffix,
@@ -191,20 +196,11 @@ def bundle(
     rank: int = typer.Option(
         EXTRACTION.rank, min=1, help="K: blendshapes kept per attribute group (xyz, scale, rotation, opacity)."
     ),
-    quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),
-    neutral: str = typer.Option(
-        "q12", help="Storage of the neutral attributes (.agm 1.1): q8 (positions 16-bit, the rest 8-bit), q12 "
-        "(log-scales and SH DC 16-bit too), q16 (all 16-bit), or float (f32, as .agm 1.0)."
-    ),
-    mlp_weights: str = typer.Option("fp16", help="Storage of the MLP weights: fp16, int8 (per-row scales) or f32."),
-    budget_db: float | None = typer.Option(
-        None, min=0.0, help="Fidelity budget: pick the sparse tolerance (ranks per group, sparse sets) and every "
-        "quantisation so that the stored bundle renders within this many dB of the unquantised blend "
-        "(replaces --quant, --neutral, --mlp-weights and --sparse-tolerance)."
-    ),
-    sparse: bool = typer.Option(
-        True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."
-    ),
+    quant: QuantOpt = Quant.int8,
+    neutral: NeutralOpt = "q12",
+    mlp_weights: MlpWeightsOpt = "fp16",
+    budget_db: BudgetDbOpt = None,
+    sparse: SparseOpt = True,
     sparse_tolerance: float = typer.Option(
         1.0,
         min=0.0,
@@ -521,20 +517,11 @@ def import_official_cmd(
     rank: int | None = typer.Option(
         None, min=1, help="K: keep the first K bases per group (default: all of the largest basis file)."
     ),
-    quant: Quant = typer.Option(Quant.int8, help="Storage of the bases: int8 with per-basis scales, or fp16."),
-    neutral: str = typer.Option(
-        "q12", help="Storage of the neutral attributes (.agm 1.1): q8 (positions 16-bit, the rest 8-bit), q12 "
-        "(log-scales and SH DC 16-bit too), q16 (all 16-bit), or float (f32, as .agm 1.0)."
-    ),
-    mlp_weights: str = typer.Option("fp16", help="Storage of the MLP weights: fp16, int8 (per-row scales) or f32."),
-    budget_db: float | None = typer.Option(
-        None, min=0.0, help="Fidelity budget: pick the sparse tolerance (ranks per group, sparse sets) and every "
-        "quantisation so that the stored bundle renders within this many dB of the unquantised blend "
-        "(replaces --quant, --neutral, --mlp-weights and --sparse-tolerance)."
-    ),
-    sparse: bool = typer.Option(
-        True, "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group)."
-    ),
+    quant: QuantOpt = Quant.int8,
+    neutral: NeutralOpt = "q12",
+    mlp_weights: MlpWeightsOpt = "fp16",
+    budget_db: BudgetDbOpt = None,
+    sparse: SparseOpt = True,
     sparse_tolerance: float = typer.Option(
         1.0, min=0.0, help="With --sparse: multiplier of the visibility tolerances."
     ),

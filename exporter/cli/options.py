@@ -111,6 +111,21 @@ class Quant(str, Enum):
     fp16 = "fp16"
 
 
+# The storage options of every command that writes a bundle (`bundle`, `import-official`): declared once.
+QuantOpt = Annotated[Quant, typer.Option(help="Storage of the bases: int8 with per-basis scales, or fp16.")]
+NeutralOpt = Annotated[str, typer.Option(
+    help="Storage of the neutral attributes (.agm 1.1): q8 (positions 16-bit, the rest 8-bit), q12 "
+    "(log-scales and SH DC 16-bit too), q16 (all 16-bit), or float (f32, as .agm 1.0).")]
+MlpWeightsOpt = Annotated[str, typer.Option(
+    help="Storage of the MLP weights: fp16, int8 (per-row scales) or f32.")]
+BudgetDbOpt = Annotated[float | None, typer.Option(
+    min=0.0, help="Fidelity budget: pick the sparse tolerance (ranks per group, sparse sets) and every "
+    "quantisation so that the stored bundle renders within this many dB of the unquantised blend "
+    "(replaces --quant, --neutral, --mlp-weights and --sparse-tolerance).")]
+SparseOpt = Annotated[bool, typer.Option(
+    "--sparse/--dense", help="Store bases only for Gaussians that visibly move (per group).")]
+
+
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
@@ -143,5 +158,5 @@ def require_suffix(path: Path, suffix: str) -> None:
     check_writable(path)
 
 
-__all__ = ["CheckpointOpt", "HeadOpt", "MODEL_DEFAULTS", "ModelOptions", "Quant", "fail", "model_options",
-           "option_type", "require_suffix", "user_errors"]
+__all__ = ["BudgetDbOpt", "CheckpointOpt", "HeadOpt", "MODEL_DEFAULTS", "MlpWeightsOpt", "ModelOptions", "NeutralOpt",
+           "Quant", "QuantOpt", "SparseOpt", "fail", "model_options", "option_type", "require_suffix", "user_errors"]

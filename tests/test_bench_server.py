@@ -250,12 +250,21 @@ def test_oversized_body_without_content_length_is_refused_on_the_wire(bundle_pat
         conn.endheaders()
         # a valid result padded with whitespace to ~2.5x the limit, sent without a Content-Length
         chunks = [json.dumps(good_result()).encode()] + [b" " * 65536] * 10
-        for chunk in chunks:
-            conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-        conn.send(b"0\r\n\r\n")
-        r = conn.getresponse()
-        assert r.status == 413, r.status
-        assert "larger than" in json.loads(r.read())["error"]
+        cut = (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected)
+        try:
+            for chunk in chunks:
+                conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            conn.send(b"0\r\n\r\n")
+        except cut:
+            pass  # the server answered and closed before the rest of the body came (RFC 9112 9.6)
+        try:
+            r = conn.getresponse()
+            status, text = r.status, r.read()
+        except cut:  # the close reset the connection before its 413 could be read
+            status, text = None, b""
+        assert status in (413, None), status
+        if status == 413:
+            assert "larger than" in json.loads(text)["error"]
         conn.close()
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
         body = json.dumps(good_result())

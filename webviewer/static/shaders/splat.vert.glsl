@@ -4,7 +4,7 @@
 // (back to front). Same conventions as agora_core/render/rasterizer.py: OpenCV pinhole camera, EWA
 // covariance with the Jacobian clipped to a frustum 1.3x the image, a 0.3 px^2 dilation with the
 // opacity compensation sqrt(det / det_dilated), SH degree 1 colour from the live camera + 0.5,
-// clamped at 0. The quad spans the alpha >= 1/255 ellipse (plus a pixel) along its axes.
+// clamped at 0. The quad is the box of the alpha >= 1/255 ellipse along its axes (plus rounding).
 precision highp sampler2D;
 precision highp usampler2D;
 
@@ -37,6 +37,9 @@ flat out vec3 vColor;
 flat out float vOpacity;
 flat out vec3 vConic;
 flat out vec2 vMean;
+
+const float FOOTPRINT_SLACK = 1.001;   // relative and absolute (px) room for rounding at the
+const float FOOTPRINT_MARGIN = 0.02;   // ellipse's edge, where alpha is 1/255 anyway
 
 
 void cull() {
@@ -107,11 +110,13 @@ void main() {
   float mid = 0.5 * (c00 + c11);
   float rad = sqrt(max(0.25 * (c00 - c11) * (c00 - c11) + c01 * c01, 0.0));
   float l1 = mid + rad;
-  float l2 = max(mid - rad, 0.0);
+  float l2 = det / l1;                    // = mid - rad without the cancellation of thin ellipses
   vec2 v1 = abs(c01) > 1e-12 * mid ? normalize(vec2(c01, l1 - c00)) : (c00 >= c11 ? vec2(1.0, 0.0) : vec2(0.0, 1.0));
   vec2 v2 = vec2(-v1.y, v1.x);
-  float r1 = sqrt(level * l1) + 1.0;
-  float r2 = sqrt(level * l2) + 1.0;
+  // Coverage and alpha are both taken at the pixel centre, so the ellipse itself bounds the shaded
+  // pixels; the margin only absorbs float rounding between this box and the fragment's conic.
+  float r1 = sqrt(level * l1) * FOOTPRINT_SLACK + FOOTPRINT_MARGIN;
+  float r2 = sqrt(level * l2) * FOOTPRINT_SLACK + FOOTPRINT_MARGIN;
   vec2 cxy = vec2((corner & 1) == 1 ? 1.0 : -1.0, corner >= 2 ? 1.0 : -1.0);
   vec2 pix = mean2d + cxy.x * r1 * v1 + cxy.y * r2 * v2;
   gl_Position = vec4(pix.x / uViewport.x * 2.0 - 1.0, 1.0 - pix.y / uViewport.y * 2.0, 0.0, 1.0);

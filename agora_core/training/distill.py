@@ -47,7 +47,7 @@ import torch
 from agora_core.generator.checkpoint import save_generator
 from agora_core.generator.config import get_preset
 from agora_core.generator.identity_map import LOOK_DIMS, TEACHER_MAP
-from agora_core.generator.model import AgoraGenerator, Condition, z_from_seed
+from agora_core.generator.model import AgoraGenerator, Condition, IdentityCache, z_from_seed
 from agora_core.heads.expressions import ExpressionPrior
 from agora_core.heads.model import HeadModel
 from agora_core.heads.sources import head_center
@@ -331,8 +331,9 @@ class Distiller:
                 out["image_change"] = self._change_loss(G, cache, looks, shape, batch, camera, image, target)
         return out
 
-    def _change_loss(self, G: AgoraGenerator, cache, looks, shape: torch.Tensor, batch: StepBatch, camera: Camera,
-                     image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _change_loss(self, G: AgoraGenerator, cache: IdentityCache, looks: list[dict[str, np.ndarray]],
+                     shape: torch.Tensor, batch: StepBatch, camera: Camera, image: torch.Tensor,
+                     target: torch.Tensor) -> torch.Tensor:
         """L1 between the model's change from its neutral render and the teacher's (expressive rows of
         the image batch): the change an expression makes must not fade where the model is blurrier."""
         k = image.shape[0]

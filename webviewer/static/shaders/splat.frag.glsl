@@ -1,22 +1,23 @@
 #version 300 es
 #include "common.glsl"
-// The splat pass, fragment stage: alpha = min(0.999, o exp(-0.5 d^T C^-1 d)) at the pixel centre
-// (image coordinates, y down, centres at +0.5), pixels under 1/255 discarded; premultiplied
-// output, composited back to front with ONE, ONE_MINUS_SRC_ALPHA into the RGBA8 canvas.
-
-uniform vec2 uViewport;
+// The splat pass, fragment stage: alpha = min(0.999, o exp(-0.5 d^T C^-1 d)) at the pixel centre,
+// with d^T C^-1 d = |vLocal|^2 (the pixel in the ellipse's frame, in units of sigma, interpolated
+// from the quad's corners); pixels under 1/255 discarded; premultiplied output, composited back to
+// front with ONE, ONE_MINUS_SRC_ALPHA into the RGBA8 canvas. With FRAGMENT_COUNT (benchmarks) it
+// writes 1 per shaded fragment and 1 per kept one, for additive float blending.
 
 flat in vec3 vColor;
 flat in float vOpacity;
-flat in vec3 vConic;
-flat in vec2 vMean;
+in vec2 vLocal;
 
 out vec4 fragColor;
 
 void main() {
-  vec2 d = vec2(gl_FragCoord.x, uViewport.y - gl_FragCoord.y) - vMean;
-  float sigma = 0.5 * (vConic.x * d.x * d.x + vConic.z * d.y * d.y) + vConic.y * d.x * d.y;
-  float alpha = min(ALPHA_MAX, vOpacity * exp(-sigma));
+  float alpha = min(ALPHA_MAX, vOpacity * exp(-0.5 * dot(vLocal, vLocal)));
+#ifdef FRAGMENT_COUNT
+  fragColor = vec4(1.0, alpha < ALPHA_MIN ? 0.0 : 1.0, 0.0, 0.0);
+#else
   if (alpha < ALPHA_MIN) discard;
   fragColor = vec4(vColor * alpha, alpha);
+#endif
 }

@@ -1,63 +1,30 @@
 #version 300 es
 #include "common.glsl"
-// The splat pass, vertex stage: one screen-space quad per Gaussian, in the order the sorter gave
-// (back to front). Same conventions as agora_core/render/rasterizer.py: OpenCV pinhole camera, EWA
-// covariance with the Jacobian clipped to a frustum 1.3x the image, a 0.3 px^2 dilation with the
-// opacity compensation sqrt(det / det_dilated), SH degree 1 colour from the live camera + 0.5,
-// clamped at 0. The quad is the box of the alpha >= 1/255 ellipse along its axes (plus rounding).
-precision highp sampler2D;
+// The splat pass, vertex stage: one screen-space quad per splat rank (back to front). All the
+// per-splat work was done once by the projection pass (project.frag.glsl); a corner reads that
+// splat's two texels and places itself on the box of the alpha >= 1/255 ellipse along its axes:
+// half-axes sqrt(2 ln(255 o)) sigma_i (x1.001 + 0.02 px for rounding). Its varying is the pixel's
+// position in the ellipse's frame in units of sigma, so the fragment's exponent is half its squared
+// length - an affine function of the pixel, exact under linear interpolation.
 precision highp usampler2D;
 
-uniform usampler2D uOrder;        // R32UI: splat rank -> Gaussian index
-uniform usampler2D uMeanOpacity;  // animated Gaussians from the blend pass (float bits)
-uniform usampler2D uScale;
-uniform usampler2D uQuat;
-#ifdef SH_QUANTIZED
-uniform usampler2D uSHdc;         // .agm 1.1: SH DC, 8/16-bit per Gaussian (GAUSS_TW per row)
-uniform usampler2D uSHrest;       // SH bands 1-3: SH_PER_ROW Gaussians x 3 texels per row
-uniform vec3 uShDcOrigin;
-uniform vec3 uShDcStep;
-uniform vec3 uShRestOrigin[3];
-uniform vec3 uShRestStep[3];
-#else
-uniform sampler2D uSH;            // RGB16F: SH_PER_ROW Gaussians x 4 coefficients per row
-#endif
-uniform mat3 uRot;                // world -> camera rotation (rows: right, down, forward)
-uniform vec3 uTrans;              // world -> camera translation
-uniform vec3 uCamPos;             // camera centre (world)
-uniform vec4 uIntrinsics;         // fx, fy, cx, cy (pixels)
+uniform usampler2D uGeometry;     // projection pass: mean (px), sigma_1, sigma_2 (f32)
+uniform usampler2D uAppearance;   // axis (snorm16 x2), opacity (f32, 0 = culled), colour (half x3)
 uniform vec2 uViewport;           // width, height (pixels)
-uniform vec4 uLimits;             // Jacobian clip of X/Z (lo, hi) and Y/Z (lo, hi)
-uniform float uNear;
-uniform float uFar;
-uniform float uEps2d;             // dilation (px^2)
 uniform int uSplatCount;
 
 flat out vec3 vColor;
 flat out float vOpacity;
-flat out vec3 vConic;
-flat out vec2 vMean;
+out vec2 vLocal;
 
 const float FOOTPRINT_SLACK = 1.001;   // relative and absolute (px) room for rounding at the
 const float FOOTPRINT_MARGIN = 0.02;   // ellipse's edge, where alpha is 1/255 anyway
-
 
 void cull() {
   gl_Position = vec4(0.0, 0.0, 2.0, 1.0);  // outside the clip volume
   vColor = vec3(0.0);
   vOpacity = 0.0;
-  vConic = vec3(0.0);
-  vMean = vec2(0.0);
-}
-
-mat3 quatToMat(vec4 q) {
-  q = q / max(length(q), QUAT_NORM_EPS);
-  float w = q.x, x = q.y, y = q.z, z = q.w;
-  // columns
-  return mat3(
-    1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y + w * z), 2.0 * (x * z - w * y),
-    2.0 * (x * y - w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z + w * x),
-    2.0 * (x * z + w * y), 2.0 * (y * z - w * x), 1.0 - 2.0 * (x * x + y * y));
+  vLocal = vec2(0.0);
 }
 
 void main() {
@@ -73,73 +40,21 @@ void main() {
   corner = corner < 3 ? corner : corner - 2;   // 0 1 2 | 1 2 3
 #endif
   if (splat >= uSplatCount) { cull(); return; }
-  int id = int(texelFetch(uOrder, at(splat, GAUSS_TW), 0).x);
-  ivec2 g = at(id, GAUSS_TW);
-  vec4 mo = uintBitsToFloat(texelFetch(uMeanOpacity, g, 0));
-  vec3 s = uintBitsToFloat(texelFetch(uScale, g, 0).xyz);
-  vec4 q = uintBitsToFloat(texelFetch(uQuat, g, 0));
-
-  vec3 pc = uRot * mo.xyz + uTrans;
-  if (!(pc.z >= uNear && pc.z <= uFar)) { cull(); return; }
-  float rz = 1.0 / pc.z;
-  float fx = uIntrinsics.x, fy = uIntrinsics.y;
-  vec2 mean2d = vec2(fx * pc.x * rz + uIntrinsics.z, fy * pc.y * rz + uIntrinsics.w);
-  float tx = min(max(pc.x * rz, uLimits.x), uLimits.y);
-  float ty = min(max(pc.y * rz, uLimits.z), uLimits.w);
-  // J (2x3, as the top of a 3x3, columns)
-  mat3 J = mat3(fx * rz, 0.0, 0.0,
-                0.0, fy * rz, 0.0,
-                -fx * tx * rz, -fy * ty * rz, 0.0);
-  mat3 M = quatToMat(q) * mat3(s.x, 0.0, 0.0, 0.0, s.y, 0.0, 0.0, 0.0, s.z);
-  mat3 T = J * (uRot * M);
-  mat3 cov = T * transpose(T);
-  float c00 = cov[0][0];
-  float c01 = cov[1][0];
-  float c11 = cov[1][1];
-  float detOrig = c00 * c11 - c01 * c01;
-  c00 += uEps2d;
-  c11 += uEps2d;
-  float det = c00 * c11 - c01 * c01;
-  if (!(det > 0.0)) { cull(); return; }
-  float compensation = sqrt(max(detOrig / det, 1.1754944e-38));
-  float opacity = mo.w * compensation;
+  ivec2 t = at(splat, GAUSS_TW);
+  uvec4 look = texelFetch(uAppearance, t, 0);
+  float opacity = uintBitsToFloat(look.y);
   if (!(opacity >= ALPHA_MIN)) { cull(); return; }
-
-  // footprint: 0.5 d^T C^-1 d <= ln(255 o), along the covariance's eigenvectors
-  float level = 2.0 * log(opacity / ALPHA_MIN);
-  float mid = 0.5 * (c00 + c11);
-  float rad = sqrt(max(0.25 * (c00 - c11) * (c00 - c11) + c01 * c01, 0.0));
-  float l1 = mid + rad;
-  float l2 = det / l1;                    // = mid - rad without the cancellation of thin ellipses
-  vec2 v1 = abs(c01) > 1e-12 * mid ? normalize(vec2(c01, l1 - c00)) : (c00 >= c11 ? vec2(1.0, 0.0) : vec2(0.0, 1.0));
+  vec4 geo = uintBitsToFloat(texelFetch(uGeometry, t, 0));
+  vec2 v1 = unpackSnorm2x16(look.x);
   vec2 v2 = vec2(-v1.y, v1.x);
-  // Coverage and alpha are both taken at the pixel centre, so the ellipse itself bounds the shaded
-  // pixels; the margin only absorbs float rounding between this box and the fragment's conic.
-  float r1 = sqrt(level * l1) * FOOTPRINT_SLACK + FOOTPRINT_MARGIN;
-  float r2 = sqrt(level * l2) * FOOTPRINT_SLACK + FOOTPRINT_MARGIN;
-  vec2 cxy = vec2((corner & 1) == 1 ? 1.0 : -1.0, corner >= 2 ? 1.0 : -1.0);
-  vec2 pix = mean2d + cxy.x * r1 * v1 + cxy.y * r2 * v2;
+  // footprint: 0.5 d^T C^-1 d <= ln(255 o). Coverage and alpha are both taken at the pixel centre,
+  // so the ellipse itself bounds the shaded pixels; the margin only absorbs float rounding.
+  float reach = sqrt(2.0 * log(opacity / ALPHA_MIN)) * FOOTPRINT_SLACK;
+  vec2 half_ = reach + FOOTPRINT_MARGIN / geo.zw;   // half-axes in units of sigma
+  vec2 cxy = vec2((corner & 1) == 1 ? 1.0 : -1.0, corner >= 2 ? 1.0 : -1.0) * half_;
+  vec2 pix = geo.xy + (cxy.x * geo.z) * v1 + (cxy.y * geo.w) * v2;
   gl_Position = vec4(pix.x / uViewport.x * 2.0 - 1.0, 1.0 - pix.y / uViewport.y * 2.0, 0.0, 1.0);
-
-  // view-dependent colour, SH degree 1
-  vec3 dir = mo.xyz - uCamPos;
-  dir = dir / max(length(dir), 1e-12);
-#ifdef SH_QUANTIZED
-  ivec2 sc = ivec2((id % SH_PER_ROW) * 3, id / SH_PER_ROW);
-  vec3 sh0 = uShDcOrigin + uShDcStep * vec3(texelFetch(uSHdc, g, 0).xyz);
-  vec3 sh1 = uShRestOrigin[0] + uShRestStep[0] * vec3(texelFetch(uSHrest, sc, 0).xyz);
-  vec3 sh2 = uShRestOrigin[1] + uShRestStep[1] * vec3(texelFetch(uSHrest, sc + ivec2(1, 0), 0).xyz);
-  vec3 sh3 = uShRestOrigin[2] + uShRestStep[2] * vec3(texelFetch(uSHrest, sc + ivec2(2, 0), 0).xyz);
-#else
-  ivec2 sc = ivec2((id % SH_PER_ROW) * 4, id / SH_PER_ROW);
-  vec3 sh0 = texelFetch(uSH, sc, 0).rgb;
-  vec3 sh1 = texelFetch(uSH, sc + ivec2(1, 0), 0).rgb;
-  vec3 sh2 = texelFetch(uSH, sc + ivec2(2, 0), 0).rgb;
-  vec3 sh3 = texelFetch(uSH, sc + ivec2(3, 0), 0).rgb;
-#endif
-  vec3 rgb = SH_C0 * sh0 - SH_C1 * dir.y * sh1 + SH_C1 * dir.z * sh2 - SH_C1 * dir.x * sh3;
-  vColor = max(rgb + 0.5, vec3(0.0));
+  vColor = vec3(unpackHalf2x16(look.z), unpackHalf2x16(look.w).x);
   vOpacity = opacity;
-  vConic = vec3(c11, -c01, c00) / det;
-  vMean = mean2d;
+  vLocal = cxy;
 }

@@ -109,6 +109,7 @@ export class OrtBaseline {
     }
     q.set(g.quats.subarray(0, G * 4));
     data.animated.textures.forEach((t, a) => uploadRows(gl, t, new Uint32Array(this.packed[a].buffer), G));
+    data.animatedSerial++; // the splat renderer projects them again
   }
 
   async dispose() {

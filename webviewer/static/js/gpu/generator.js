@@ -128,6 +128,7 @@ export class Generator {
 
     gl.bindFramebuffer(gl.FRAMEBUFFER, null);
     gl.bindVertexArray(null);
+    d.animatedSerial++;
     this.runs++;
   }
 

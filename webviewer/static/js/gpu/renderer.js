@@ -1,5 +1,11 @@
-// The splat pass: one quad per Gaussian in sorted (back-to-front) order, composited with
-// premultiplied "over" blending into the RGBA8 canvas. Three draw paths, chosen by a define:
+// The splat rendering: a projection pass, then the splat pass.
+//
+// The projection pass (project.frag.glsl) does each splat's per-frame work once - camera transform,
+// EWA covariance, culling, eigen-decomposition, SH colour - one fragment per splat rank (the sorted
+// order), into two RGBA32UI texels per splat; it runs only when the camera, the animated Gaussians
+// (data.animatedSerial), the order (data.orderSerial) or the render options changed. The splat pass
+// then draws one quad per rank, each corner reading those two texels, composited with premultiplied
+// "over" blending into the RGBA8 canvas. Three draw paths, chosen by a define:
 //   "indexed"   drawElements, 4 vertices + 6 indices per quad (shared corners, post-transform cache);
 //   "vertex"    drawArrays of 6 vertices per quad (no buffers at all);
 //   "instanced" drawArraysInstanced, a 4-vertex strip per instance.
@@ -10,70 +16,78 @@ import { SHADER_DEFINES } from "./splat-data.js";
 
 export const DRAW_PATHS = ["indexed", "vertex", "instanced"];
 
-/** The splat programs of a draw path: `get(shQuantized)` compiles (once) the variant that reads
- * float SH (RGB16F) or the 1.1 quantised SH (integer textures decoded in the vertex shader). */
+/** The programs of a draw path: `projection(shQuantized)` (float SH, or the 1.1 quantised SH decoded
+ * in the pass), `splat` and `counting()` (the splat pass writing fragment counts; benchmarks), each
+ * compiled once, when first asked for. */
 export async function loadSplatProgram(gl, drawPath) {
   if (!DRAW_PATHS.includes(drawPath)) throw new Error(`unknown draw path ${drawPath}`);
-  const [vs, fs] = await Promise.all(["splat.vert.glsl", "splat.frag.glsl"].map(loadShader));
+  const names = ["fullscreen.vert.glsl", "project.frag.glsl", "splat.vert.glsl", "splat.frag.glsl"];
+  const [fullscreen, project, vs, fs] = await Promise.all(names.map(loadShader));
   const cache = new Map();
-  const get = (shQuantized) => {
-    if (!cache.has(shQuantized)) {
-      const defines = { ...SHADER_DEFINES, DRAW_INDEXED: drawPath === "indexed", DRAW_INSTANCED: drawPath === "instanced",
-        SH_QUANTIZED: shQuantized };
-      cache.set(shQuantized, createProgram(gl, withDefines(vs, defines), withDefines(fs, defines),
-        `splat (${drawPath}${shQuantized ? ", quantised SH" : ""})`));
-    }
-    return cache.get(shQuantized);
+  const once = (key, make) => {
+    if (!cache.has(key)) cache.set(key, make());
+    return cache.get(key);
   };
-  get(false);
-  return { get };
+  const drawDefines = { ...SHADER_DEFINES, DRAW_INDEXED: drawPath === "indexed", DRAW_INSTANCED: drawPath === "instanced" };
+  const splat = (count) => createProgram(gl, withDefines(vs, drawDefines),
+    withDefines(fs, { FRAGMENT_COUNT: count }), `splat (${drawPath}${count ? ", fragment count" : ""})`);
+  const programs = {
+    projection: (shQuantized) => once(`projection:${shQuantized}`, () => createProgram(gl,
+      withDefines(fullscreen, SHADER_DEFINES), withDefines(project, { ...SHADER_DEFINES, SH_QUANTIZED: shQuantized }),
+      `projection${shQuantized ? " (quantised SH)" : ""}`)),
+    splat: once("splat", () => splat(false)),
+    counting: () => once("counting", () => splat(true)),
+  };
+  programs.projection(false);
+  return programs;
+}
+
+/** What the projection pass depends on, as a string (equal strings: the projected splats are current). */
+function projectionKey(view, data, options) {
+  return [view.width, view.height, view.fx, view.fy, view.cx, view.cy, ...view.R.flat(), ...view.t, ...view.eye,
+    ...view.limits, data.animatedSerial, data.orderSerial, data.splatCount, options.eps2d, options.near,
+    options.far].join(",");
 }
 
 export class SplatRenderer {
   constructor(gl, data, programs, drawPath) {
     this.gl = gl;
     this.data = data;
-    this.program = programs.get(data.quantizedNeutral);
+    this.programs = programs;
+    this.projection = programs.projection(data.quantizedNeutral);
+    this.program = programs.splat;
     this.drawPath = drawPath;
     this.vao = gl.createVertexArray();
     this.eps2d = 0.3;
     this.near = 0.01;
     this.far = 100.0;
+    this.projectedFor = "";
+    this.projections = 0;
     if (drawPath === "indexed") {
       gl.bindVertexArray(this.vao);
-      const G = data.count;
-      const idx = new Uint32Array(G * 6);
-      for (let i = 0, v = 0, o = 0; i < G; i++, v += 4, o += 6) {
-        idx[o] = v;
-        idx[o + 1] = v + 1;
-        idx[o + 2] = v + 2;
-        idx[o + 3] = v + 1;
-        idx[o + 4] = v + 3;
-        idx[o + 5] = v + 2;
-      }
       this.indexBuffer = gl.createBuffer();
       gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.indexBuffer);
-      gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, idx, gl.STATIC_DRAW);
+      gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, quadIndices(data.count), gl.STATIC_DRAW);
       gl.bindVertexArray(null);
     }
   }
 
-  /** Draw the current splats for `view` (camera.view(...)) over an opaque background. */
-  draw(view, background) {
-    const gl = this.gl;
+  /** Run the projection pass for `view` unless its inputs are unchanged (or `force`); true if it ran. */
+  project(view, force = false) {
     const d = this.data;
-    const p = this.program;
-    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
-    gl.viewport(0, 0, view.width, view.height);
-    gl.disable(gl.DEPTH_TEST);
-    gl.disable(gl.CULL_FACE);
-    gl.clearColor(background[0], background[1], background[2], 1);
-    gl.clear(gl.COLOR_BUFFER_BIT);
+    const key = projectionKey(view, d, this);
+    if (!force && key === this.projectedFor) return false;
+    this.projectedFor = key;
     const count = d.splatCount || 0;
-    if (count === 0) return;
-    gl.enable(gl.BLEND);
-    gl.blendFuncSeparate(gl.ONE, gl.ONE_MINUS_SRC_ALPHA, gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
-    gl.blendEquation(gl.FUNC_ADD);
+    if (count === 0) return false;
+    const gl = this.gl;
+    const p = this.projection;
+    const target = d.projected;
+    const scissor = gl.isEnabled(gl.SCISSOR_TEST);
+    gl.disable(gl.SCISSOR_TEST);
+    gl.disable(gl.BLEND);
+    gl.bindFramebuffer(gl.FRAMEBUFFER, target.fbo);
+    gl.viewport(0, 0, target.width, Math.ceil(count / target.width));
     gl.useProgram(p.program);
     gl.bindVertexArray(this.vao);
     bindTexture(gl, 0, d.order, p.u.uOrder);
@@ -97,21 +111,109 @@ export class SplatRenderer {
     gl.uniform3fv(p.u.uTrans, view.t);
     gl.uniform3fv(p.u.uCamPos, view.eye);
     gl.uniform4f(p.u.uIntrinsics, view.fx, view.fy, view.cx, view.cy);
-    gl.uniform2f(p.u.uViewport, view.width, view.height);
     gl.uniform4fv(p.u.uLimits, view.limits);
     gl.uniform1f(p.u.uNear, this.near);
     gl.uniform1f(p.u.uFar, this.far);
     gl.uniform1f(p.u.uEps2d, this.eps2d);
     gl.uniform1i(p.u.uSplatCount, count);
+    gl.drawArrays(gl.TRIANGLES, 0, 3);
+    gl.bindVertexArray(null);
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+    if (scissor) gl.enable(gl.SCISSOR_TEST);
+    this.projections++;
+    return true;
+  }
+
+  /** Draw the current splats for `view` (camera.view(...)) over an opaque background, projecting
+   * them first if needed. */
+  draw(view, background) {
+    const gl = this.gl;
+    this.project(view);
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+    gl.viewport(0, 0, view.width, view.height);
+    gl.disable(gl.DEPTH_TEST);
+    gl.disable(gl.CULL_FACE);
+    gl.clearColor(background[0], background[1], background[2], 1);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    gl.enable(gl.BLEND);
+    gl.blendFuncSeparate(gl.ONE, gl.ONE_MINUS_SRC_ALPHA, gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
+    gl.blendEquation(gl.FUNC_ADD);
+    this.drawQuads(this.program, view);
+    gl.disable(gl.BLEND);
+  }
+
+  /** The splat pass's quads with program `p` into the bound framebuffer. */
+  drawQuads(p, view) {
+    const gl = this.gl;
+    const d = this.data;
+    const count = d.splatCount || 0;
+    if (count === 0) return;
+    gl.useProgram(p.program);
+    gl.bindVertexArray(this.vao);
+    bindTexture(gl, 0, d.projected.textures[0], p.u.uGeometry);
+    bindTexture(gl, 1, d.projected.textures[1], p.u.uAppearance);
+    gl.uniform2f(p.u.uViewport, view.width, view.height);
+    gl.uniform1i(p.u.uSplatCount, count);
     if (this.drawPath === "indexed") gl.drawElements(gl.TRIANGLES, count * 6, gl.UNSIGNED_INT, 0);
     else if (this.drawPath === "instanced") gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, count);
     else gl.drawArrays(gl.TRIANGLES, 0, count * 6);
     gl.bindVertexArray(null);
+  }
+
+  /**
+   * Fragments of one splat pass for `view` (benchmarks): `shaded` (rasterised, i.e. fragment shader
+   * runs) and `kept` (alpha >= 1/255), counted with additive float blending into an RGBA32F target.
+   * Needs EXT_color_buffer_float and EXT_float_blend (desktop browsers, SwiftShader); null without.
+   */
+  countFragments(view) {
+    const gl = this.gl;
+    if (!gl.getExtension("EXT_color_buffer_float") || !gl.getExtension("EXT_float_blend")) return null;
+    this.project(view);
+    const { width, height } = view;
+    const tex = gl.createTexture();
+    gl.bindTexture(gl.TEXTURE_2D, tex);
+    gl.texStorage2D(gl.TEXTURE_2D, 1, gl.RGBA32F, width, height);
+    const fbo = gl.createFramebuffer();
+    gl.bindFramebuffer(gl.FRAMEBUFFER, fbo);
+    gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, tex, 0);
+    gl.viewport(0, 0, width, height);
+    gl.clearColor(0, 0, 0, 0);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    gl.enable(gl.BLEND);
+    gl.blendFunc(gl.ONE, gl.ONE);
+    gl.blendEquation(gl.FUNC_ADD);
+    this.drawQuads(this.programs.counting(), view);
     gl.disable(gl.BLEND);
+    const px = new Float32Array(width * height * 4);
+    gl.readPixels(0, 0, width, height, gl.RGBA, gl.FLOAT, px);
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+    gl.deleteFramebuffer(fbo);
+    gl.deleteTexture(tex);
+    let shaded = 0;
+    let kept = 0;
+    for (let i = 0; i < px.length; i += 4) {
+      shaded += px[i];
+      kept += px[i + 1];
+    }
+    return { shaded, kept, pixels: width * height };
   }
 
   dispose() {
     this.gl.deleteVertexArray(this.vao);
     if (this.indexBuffer) this.gl.deleteBuffer(this.indexBuffer);
   }
+}
+
+/** Indices of `count` quads of 4 vertices each, as two triangles (0 1 2, 1 3 2). */
+function quadIndices(count) {
+  const idx = new Uint32Array(count * 6);
+  for (let i = 0, v = 0, o = 0; i < count; i++, v += 4, o += 6) {
+    idx[o] = v;
+    idx[o + 1] = v + 1;
+    idx[o + 2] = v + 2;
+    idx[o + 3] = v + 1;
+    idx[o + 4] = v + 3;
+    idx[o + 5] = v + 2;
+  }
+  return idx;
 }

@@ -14,6 +14,7 @@
 //     int8 (or 8 fp16) values of ONE component for 16 (8) consecutive bases: layer t = j * (Kp/L) + q
 //     holds U[16q .. 16q+15, m, j] of slot m at texel m (Kp: K rounded up to 16; L: 16 or 8 values
 //     per texel). The blend pass then reads K*d/16 texels per Gaussian and group instead of K;
+//   projected splats: two RGBA32UI texels per splat RANK (GAUSS_TW per row), see project.frag.glsl;
 //   vectors (MLP activations, biases, coefficients): 4 floats per texel, VEC_TW texels per row;
 //     coefficients: each group from a multiple of 16 (RANK_ALIGN), zero padded.
 // Every width is <= 2048 (the WebGL2 minimum of MAX_TEXTURE_SIZE).
@@ -194,10 +195,15 @@ export class SplatData {
       ? createTarget(gl, [keep(vectorTexture(gl, "RGBA32UI", this.layout.total))])
       : this.coefficients;
 
-    // animated Gaussians (blend pass output) and the sort order
+    // animated Gaussians (blend pass output; animatedSerial counts their versions), the sort order
+    // and the projected splats (projection pass output, by rank: geometry and appearance texels)
     this.animated = createTarget(gl, [0, 1, 2].map(() => keep(createTexture2D(gl, "RGBA32UI", GAUSS_TW, this.rows))));
+    this.animatedSerial = 0;
     this.order = keep(createTexture2D(gl, "R32UI", GAUSS_TW, this.rows));
-    this.targets = [...new Set([...this.activations, this.blendCoefficients, this.animated])];
+    this.orderSerial = 0;
+    this.splatCount = 0;
+    this.projected = createTarget(gl, [0, 1].map(() => keep(createTexture2D(gl, "RGBA32UI", GAUSS_TW, this.rows))));
+    this.targets = [...new Set([...this.activations, this.blendCoefficients, this.animated, this.projected])];
     this.setIdentity(0);
   }
 
@@ -264,7 +270,7 @@ export class SplatData {
   setOrder(order, count) {
     if (count > 0) uploadRows(this.gl, this.order, order, count);
     this.splatCount = count;
-    this.orderSerial = (this.orderSerial || 0) + 1;
+    this.orderSerial++;
   }
 
   /** Approximate GPU memory of the textures, in bytes. */

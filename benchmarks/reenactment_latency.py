@@ -1,16 +1,19 @@
-"""Per-frame reenactment latency with a cached identity, on the CPU.
+"""Per-frame reenactment latency with a cached identity, on the CPU (or a GPU with ``--device cuda``).
 
 Run with ``python -m benchmarks.reenactment_latency`` (``--help`` for options). For each preset the
 identity branch runs once (seed 42), then every frame of a driving sequence (conditions from the
 head's expression prior) is animated three ways:
 
 * **full AGORA, PyTorch** - ``AgoraGenerator.animate``: deformation branch + head-model LBS + lifting;
-* **full AGORA, onnxruntime** - the same path exported by ``agora-export onnx`` (CPU provider);
+* **full AGORA, onnxruntime** - the same path exported by ``agora-export onnx`` (CPU provider; left out
+  with ``--no-onnx``);
 * **AGORA-M blend, PyTorch** - coefficient MLP + ``neutral + sum_k c_k U_k`` for the four groups
   + constraints.
 
 The blend's cost depends only on the shapes (K, G, MLP widths), not on the values: with ``--bundle``
 a real ``.agm`` of the same Gaussian count is used, otherwise random bases of the bundle's shapes.
+With ``--device cuda`` both PyTorch paths run on the GPU and every timed frame ends with
+``torch.cuda.synchronize()`` (the paper's Table 7 kind of figure: AGORA vs AGORA-M per frame).
 Writes ``benchmarks/results/reenactment_latency.json``.
 """
 from __future__ import annotations
@@ -40,6 +43,12 @@ class TorchBlend:
         self.neutral = {g: v.reshape(-1) for g, v in neutral.items()}
         self.bases = {g: b.reshape(b.shape[0], -1) for g, b in bases.items()}  # [K, G d]
         self.ranks = [self.bases[g].shape[0] for g in GROUP_DIMS]
+
+    def to(self, device: torch.device) -> TorchBlend:
+        """The same blend with every tensor on ``device``."""
+        layers = [(W.to(device), b.to(device), slope) for W, b, slope in self.layers]
+        return TorchBlend(layers, {g: v.to(device) for g, v in self.neutral.items()},
+                          {g: b.to(device) for g, b in self.bases.items()})
 
     @classmethod
     def from_bundle(cls, path: Path, identity: int = 0) -> TorchBlend:
@@ -79,11 +88,21 @@ class TorchBlend:
         return apply_constraints(out)
 
 
-def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None, warmup: int) -> dict:
+def onnx_latency(gen, cache, next_cond, warmup: int, frames: int) -> tuple[dict, float]:
+    """Per-frame timings of the exported expression path under onnxruntime (CPU) and its size in MB."""
     import onnxruntime as ort
 
     from exporter.interop.onnx_export import export_expression_path, onnx_feeds
 
+    with tempfile.TemporaryDirectory() as tmp:
+        info = export_expression_path(gen, cache, Path(tmp) / "path.onnx")
+        session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
+        return timed(lambda: session.run(None, onnx_feeds(cache, next_cond())), warmup, frames), info.size_bytes / 1e6
+
+
+def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None, warmup: int,
+                 device: torch.device | None = None, onnx: bool = True) -> dict:
+    device = device or torch.device("cpu")
     torch.manual_seed(0)
     gen = build_generator(None, head, preset)
     cache = identity_from_seed(gen, 42)
@@ -94,26 +113,31 @@ def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None,
     def next_cond() -> torch.Tensor:
         return conds[next(it) % frames:][:1]
 
+    onnx_t, onnx_mb = onnx_latency(gen, cache, next_cond, warmup, frames) if onnx else (None, None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    gen_d, cache_d, conds_d = gen.to(device), cache.to(device), conds.to(device)
+
+    def next_cond_d() -> torch.Tensor:
+        return conds_d[next(it) % frames:][:1]
+
     with torch.no_grad():
-        full = timed(
-            lambda: gen.animate(cache, Condition.from_vector(next_cond(), head.num_expression)), warmup, frames
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        info = export_expression_path(gen, cache, Path(tmp) / "path.onnx")
-        session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
-        onnx_t = timed(lambda: session.run(None, onnx_feeds(cache, next_cond())), warmup, frames)
+        full = timed(lambda: gen_d.animate(cache_d, Condition.from_vector(next_cond_d(), head.num_expression)),
+                     warmup, frames, sync)
     used_bundle = bundle is not None
     blend = TorchBlend.from_bundle(bundle) if used_bundle else TorchBlend.random(G, head.condition_dim, rank)
     if blend.neutral["xyz"].numel() != 3 * G:
         raise SystemExit(f"--bundle has {blend.neutral['xyz'].numel() // 3} Gaussians, preset {preset} has {G}")
-    agm = timed(lambda: blend(next_cond()[0]), warmup, frames)
+    blend = blend.to(device)
+    agm = timed(lambda: blend(next_cond_d()[0]), warmup, frames, sync)
     return {
         "preset": preset,
         "gaussians": G,
         "frames": frames,
         "rank": rank,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "blend_bases": "bundle" if used_bundle else "random",
-        "onnx_mb": info.size_bytes / 1e6,
+        "onnx_mb": onnx_mb,
         "full_pytorch": full,
         "full_onnxruntime": onnx_t,
         "agora_m_blend": agm,
@@ -128,21 +152,29 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--bundle", type=Path, default=None, help="a real .agm for the first preset's blend")
+    ap.add_argument("--device", default="cpu", help="torch device of the PyTorch paths (cpu, cuda, cuda:N)")
+    ap.add_argument("--no-onnx", action="store_true", help="leave out the onnxruntime (CPU) path")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but torch sees no CUDA device")
     head = load_head_model(args.head)
-    results = [bench_preset(p, head, args.frames, args.rank, args.bundle if i == 0 else None, args.warmup)
+    results = [bench_preset(p, head, args.frames, args.rank, args.bundle if i == 0 else None, args.warmup,
+                            device, not args.no_onnx)
                for i, p in enumerate(args.presets)]
     ms = lambda r, k: 1e3 * r[k]["median_s"]  # noqa: E731
-    rows = [[r["preset"], r["gaussians"], f"{ms(r, 'full_pytorch'):.1f}", f"{ms(r, 'full_onnxruntime'):.1f}",
-             f"{ms(r, 'agora_m_blend'):.2f}", f"{ms(r, 'full_pytorch') / ms(r, 'agora_m_blend'):.0f}x",
-             f"{ms(r, 'full_onnxruntime') / ms(r, 'agora_m_blend'):.0f}x"] for r in results]
-    text = markdown_table(["preset", "Gaussians", "full AGORA PyTorch ms", "full AGORA onnxruntime ms",
-                           "AGORA-M blend ms", "speed-up vs PyTorch", "speed-up vs ORT"], rows)
+    ort = lambda r, div, unit="": ("-" if r["full_onnxruntime"] is None  # noqa: E731
+                                   else f"{ms(r, 'full_onnxruntime') / div:.1f}{unit}")
+    rows = [[r["preset"], r["gaussians"], f"{ms(r, 'full_pytorch'):.2f}", ort(r, 1.0),
+             f"{ms(r, 'agora_m_blend'):.3f}", f"{ms(r, 'full_pytorch') / ms(r, 'agora_m_blend'):.0f}x",
+             ort(r, ms(r, "agora_m_blend"), "x")] for r in results]
+    text = markdown_table(["preset", "Gaussians", f"full AGORA PyTorch ({device.type}) ms",
+                           "full AGORA onnxruntime (CPU) ms", f"AGORA-M blend ({device.type}) ms",
+                           "speed-up vs PyTorch", "speed-up vs ORT"], rows)
     print(text)
-    print(
-        f"\nmedians of {args.frames} frames after {args.warmup} warm-up frames, torch threads {torch.get_num_threads()}"
-    )
+    where = results[0]["device_name"] or f"torch threads {torch.get_num_threads()}"
+    print(f"\nmedians of {args.frames} frames after {args.warmup} warm-up frames, {where}")
     out = write_results("reenactment_latency", {"results": results, "table_markdown": text}, args.out)
     print(f"wrote {out}")
     return {"results": results}

@@ -226,8 +226,27 @@ def test_init_from_a_generator_checkpoint(tmp_path, synth_dir, dataset, builtin_
     small = tmp_path / "small.pt"
     from agora_core.generator import AgoraGenerator, get_preset
     save_generator(AgoraGenerator(get_preset("small"), builtin_head), small)
-    with pytest.raises(TrainingError, match="differs from preset 'tiny'"):
+    with pytest.raises(TrainingError, match="a 'small' generator, but the run's preset is 'tiny'"):
         Trainer(tiny_config(synth_dir, init_from=str(small)), builtin_head, dataset)
+
+
+def test_adversarial_fine_tune_of_the_builtin_model(tmp_path, synth_dir):
+    """`agora-train run --init-from` the shipped (distilled) model: its own identity map and latent size are
+    kept, one step runs, and the export is a model of the same kind."""
+    from agora_core.generator.checkpoint import BUILTIN_MODEL, read_checkpoint
+
+    runner = CliRunner()
+    run_dir, out = tmp_path / "run", tmp_path / "tuned.pt"
+    res = runner.invoke(train_app, ["run", str(synth_dir), "--out", str(run_dir), "--preset", "small", "--batch", "2",
+                                    "--device", "cpu", "--no-progress", "--stages", "32x150:1", "--max-minutes", "0",
+                                    "--init-from", str(BUILTIN_MODEL), "--sample-every", "0"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(train_app, ["export", str(run_dir), str(out), "--half"])
+    assert res.exit_code == 0, res.output
+    shipped, tuned = read_checkpoint(BUILTIN_MODEL)["config"], read_checkpoint(out)["config"]
+    for key in ("z_dim", "identity_map", "identity_basis", "mean_maps"):
+        assert tuned[key] == shipped[key], key
+    assert tuned["target_gaussians"] == 150
 
 
 def test_builtin_model_is_the_default_and_gallery_renders(tmp_path, builtin_head):

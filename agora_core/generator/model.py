@@ -84,6 +84,10 @@ class IdentityCache:
         """The identities ``ids`` of the batch (indices along the batch dimension)."""
         return IdentityCache(**{f.name: getattr(self, f.name).index_select(0, ids) for f in fields(IdentityCache)})
 
+    def to(self, device: torch.device | str) -> IdentityCache:
+        """The same identities with every tensor on ``device``."""
+        return IdentityCache(**{f.name: getattr(self, f.name).to(device) for f in fields(IdentityCache)})
+
     @staticmethod
     def cat(parts: Sequence[IdentityCache]) -> IdentityCache:
         """One batch of the identities of ``parts``, in order."""

@@ -46,8 +46,14 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from agora_core.generator.checkpoint import HEAD_PREFIX, load_plain_data, read_checkpoint, save_generator
-from agora_core.generator.config import DEFAULT_PRESET, get_preset
+from agora_core.generator.checkpoint import (
+    HEAD_PREFIX,
+    config_from_dict,
+    load_plain_data,
+    read_checkpoint,
+    save_generator,
+)
+from agora_core.generator.config import DEFAULT_PRESET, GeneratorConfig, get_preset
 from agora_core.generator.model import AgoraGenerator, Condition, IdentityCache
 from agora_core.heads.model import HeadModel
 from agora_core.heads.sources import BUILTIN_HEAD
@@ -288,6 +294,19 @@ def regularizers(G: AgoraGenerator, fake: FakeSample) -> dict[str, torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------- trainer
+def generator_config(preset: str, gaussians: int, init_from: Path | None = None) -> GeneratorConfig:
+    """The generator's config: the preset's, or with ``init_from`` the checkpoint's own (same preset
+    networks; e.g. the distilled built-in model also fixes its identity map and latent size)."""
+    if init_from is None:
+        return get_preset(preset, target_gaussians=gaussians)
+    saved = dict(read_checkpoint(init_from)["config"])
+    if saved.get("name") != preset:
+        raise TrainingError(f"--init-from {init_from}: a '{saved.get('name')}' generator, but the run's preset is "
+                            f"'{preset}' (pass --preset {saved.get('name')})")
+    saved["target_gaussians"], saved["lattice"] = gaussians, None
+    return config_from_dict(saved, str(init_from))
+
+
 def init_weights(G: AgoraGenerator, path: Path) -> None:
     """Fine-tuning: load a generator checkpoint's weights into ``G`` (same preset networks)."""
     payload = read_checkpoint(path)
@@ -350,7 +369,7 @@ class Trainer:
             )
             torch.backends.cudnn.allow_tf32 = True
         self.rng = torch.Generator().manual_seed(cfg.seed)
-        gen_cfg = get_preset(cfg.preset, target_gaussians=self.stages[0].gaussians)
+        gen_cfg = generator_config(cfg.preset, self.stages[0].gaussians, Path(cfg.init_from) if cfg.init_from else None)
         self.G = AgoraGenerator(gen_cfg, head).to(self.device).train()
         if cfg.init_from:
             init_weights(self.G, Path(cfg.init_from))
@@ -619,7 +638,8 @@ def export_run(paths: RunPaths, head: HeadModel, path: Path, half: bool = False,
     cfg = read_run_config(paths)
     state = read_state(paths.state)
     stage = cfg.resolved_stages()[int(state["stage_index"])]
-    G_ema = AgoraGenerator(get_preset(cfg.preset, target_gaussians=stage.gaussians), head)
+    G_ema = AgoraGenerator(generator_config(cfg.preset, stage.gaussians,
+                                            Path(cfg.init_from) if cfg.init_from else None), head)
     try:
         G_ema.load_state_dict(state["G_ema"])
     except RuntimeError:

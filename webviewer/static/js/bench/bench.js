@@ -99,9 +99,7 @@ async function load() {
     console.warn(err.message);
   }
   env = { name: entry.name, bytes: buffer.byteLength, bundle, sequence, baseline, ort };
-  viewer.renderOnce();
-  await viewer.sorter.settled();
-  viewer.renderOnce();
+  await viewer.settled();
   describePage();
   status("");
   setState("ready");

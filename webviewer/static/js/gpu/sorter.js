@@ -1,8 +1,10 @@
-// Main-thread side of the sorter worker: coalesces requests (at most one in flight, the latest
-// pending one replaces older ones) and hands finished orders to a callback. Never blocks.
+// Main-thread side of the sorter worker: hands it the animated positions when they change,
+// coalesces sort requests (at most one in flight, the latest pending one replaces older ones) and
+// hands finished orders to a callback. Never blocks.
 
 export class Sorter {
-  constructor(bundle, { bits = 16, onSorted, onError } = {}) {
+  /** A sorter for `count` Gaussians (keys of `bits` bits); `onSorted(order, count, serial)`. */
+  constructor(count, { bits = 16, onSorted, onError } = {}) {
     this.bits = bits;
     this.onSorted = onSorted;
     this.onError = onError;
@@ -13,34 +15,22 @@ export class Sorter {
     this.pending = null;
     this.serial = 0;
     this.applied = 0;
+    this.positionsKey = null;
     this.waiters = [];
-    this.stats = { blendMs: 0, sortMs: 0, sorts: 0 };
-    const xyz = bundle.groups[0];
-    const layers = bundle.mlp.layers.map((l) => ({ in: l.in, out: l.out, activation: l.activation, slope: l.negativeSlope,
-      weight: l.weight.slice(), bias: l.bias ? l.bias.slice() : null }));
-    const basis = xyz.rank > 0 ? {
-      rank: xyz.rank, carried: xyz.carried, quant: bundle.quantization, values: xyz.values.slice(),
-      scales: xyz.scales ? xyz.scales.slice() : null, index: xyz.index ? xyz.index.slice() : null,
-    } : null;
-    const transfer = [...layers.flatMap((l) => (l.bias ? [l.weight.buffer, l.bias.buffer] : [l.weight.buffer]))];
-    if (basis) {
-      transfer.push(basis.values.buffer);
-      if (basis.scales) transfer.push(basis.scales.buffer);
-      if (basis.index) transfer.push(basis.index.buffer);
-    }
-    this.worker.postMessage({ type: "init", count: bundle.gaussianCount, means: bundle.identities[0].means.slice(),
-      bias0: bundle.identities[0].mlpBias0.slice(), layers, basis }, transfer);
+    this.stats = { sortMs: 0, sorts: 0 };
+    this.worker.postMessage({ type: "init", count });
   }
 
-  setIdentity(ident) {
-    const means = ident.means.slice();
-    this.worker.postMessage({ type: "identity", means, bias0: ident.mlpBias0.slice() }, [means.buffer]);
+  /** New positions (x y z opacity per Gaussian, transferred: the caller gives the buffer up), `key`
+   * naming them; later sorts use them. */
+  setPositions(key, positions) {
+    this.positionsKey = key;
+    this.worker.postMessage({ type: "positions", key, positions }, [positions.buffer]);
   }
 
-  /** Ask for an order for parameters `params` (key: any string identifying params + identity) and a view. */
-  request(params, paramsKey, view, near = 0.01, far = 100) {
-    const msg = { type: "sort", serial: ++this.serial, params: Float32Array.from(params), paramsKey,
-      forward: view.R[2], tz: view.t[2], near, far, bits: this.bits };
+  /** Ask for an order for the latest positions and a view; returns the request's serial. */
+  request(view, near = 0.01, far = 100) {
+    const msg = { type: "sort", serial: ++this.serial, forward: view.R[2], tz: view.t[2], near, far, bits: this.bits };
     if (this.busy) {
       this.pending = msg;
     } else {
@@ -60,7 +50,7 @@ export class Sorter {
       return;
     }
     this.busy = false;
-    this.stats = { blendMs: msg.blendMs, sortMs: msg.sortMs, sorts: this.stats.sorts + 1 };
+    this.stats = { sortMs: msg.sortMs, sorts: this.stats.sorts + 1 };
     if (msg.serial > this.applied) {
       this.applied = msg.serial;
       this.onSorted?.(msg.order, msg.count, msg.serial);

@@ -243,9 +243,7 @@ Object.assign(api, {
   renderOnce: () => { viewer.renderOnce(); return viewer.stats.visible; },
   /** Render, wait for the order of the current camera and parameters, render again. */
   settled: async () => {
-    viewer.renderOnce();
-    await viewer.sorter?.settled();
-    viewer.renderOnce();
+    await viewer.settled();
     return viewer.stats.visible;
   },
   readCoefficients: () => {
@@ -300,14 +298,13 @@ Object.assign(api, {
     }
     return times;
   },
-  /** Median worker times (animated xyz blend and sort) over `n` sorts with new parameters. */
+  /** Sorter stats (worker sort time) of `n` sorts with new parameters. */
   benchSort: async (n = 3) => {
     const out = [];
     for (let k = 0; k < n; k++) {
       const v = Float32Array.from(viewer.bundle.parameters, (p, i) => p.min + (p.max - p.min) * (((k + 1) * 31 + i * 17) % 100) / 100);
       viewer.setParams(v);
-      viewer.renderOnce();
-      await viewer.sorter.settled();
+      await viewer.settled();
       out.push({ ...viewer.sorter.stats });
     }
     return out;

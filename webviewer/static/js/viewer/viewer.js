@@ -1,15 +1,17 @@
 // The viewer: owns the WebGL2 context, the current bundle's splat data, the generator passes,
 // the sorter and the splat renderer, and runs the frame loop.
 //
-// Per frame: if the parameters or the identity changed, run the generator (MLP + blend) once; if
-// the camera or the animation changed, ask the worker for a new order (asynchronously); then one
-// splat pass. An idle avatar costs at most one splat pass per frame - none at all while nothing
+// Per frame: if the parameters or the identity changed, run the generator (MLP + blend) once and
+// start an asynchronous read-back of the animated positions; when read-back positions arrive or the
+// camera changed, ask the worker for a new order (asynchronously: the frame draws with the order it
+// has); then the splat rendering (projection pass if needed, splat pass). An idle avatar costs at most one splat pass per frame - none at all while nothing
 // (camera, parameters, order, size) changes, since the browser keeps showing the last frame.
 
 import { readAgm } from "../format/agm.js";
 import { OrbitCamera, cameraForBundle } from "./camera.js";
 import { Generator, loadGeneratorSources } from "../gpu/generator.js";
 import { SplatRenderer, loadSplatProgram } from "../gpu/renderer.js";
+import { PositionReadback } from "../gpu/readback.js";
 import { Sorter } from "../gpu/sorter.js";
 import { SplatData } from "../gpu/splat-data.js";
 
@@ -33,7 +35,7 @@ export class Viewer {
     this.running = false;
     this.listeners = new Set();
     this.stats = { fps: 0, animMs: 0, animSource: "cpu", animRuns: 0, gaussians: 0, visible: 0, sortMs: 0,
-      workerBlendMs: 0, frames: 0 };
+      readbackMs: 0, frames: 0 };
     this.frameTimes = [];
   }
 
@@ -66,7 +68,8 @@ export class Viewer {
       this.data = data;
       this.generator = new Generator(gl, data, this.genSources);
       this.renderer = new SplatRenderer(gl, data, this.splatProgram, this.drawPath);
-      this.sorter = new Sorter(bundle, {
+      this.readback = new PositionReadback(gl, data);
+      this.sorter = new Sorter(bundle.gaussianCount, {
         bits: this.sortBits,
         onSorted: (order, count) => {
           if (this.data === data) data.setOrder(order, count);
@@ -92,10 +95,11 @@ export class Viewer {
   close() {
     if (!this.data) return;
     this.sorter?.dispose();
+    this.readback?.dispose();
     this.renderer?.dispose();
     this.generator?.dispose();
     this.data.dispose();
-    this.data = this.sorter = this.renderer = this.generator = null;
+    this.data = this.sorter = this.readback = this.renderer = this.generator = null;
     this.bundle = null;
   }
 
@@ -137,7 +141,6 @@ export class Viewer {
     if (!this.bundle || i === this.identity) return;
     if (!(i >= 0 && i < this.bundle.identities.length)) throw new Error(`no identity ${i}`);
     this.data.setIdentity(i);
-    this.sorter.setIdentity(this.bundle.identities[i]);
     this.identity = i;
     this.paramsVersion++;
     this.emit("identity");
@@ -163,6 +166,7 @@ export class Viewer {
     }
     this.stats.animRuns++;
     this.animatedVersion = this.paramsVersion;
+    this.readback.request(this.data.animatedSerial);
     gl.flush();
     return true;
   }
@@ -199,12 +203,30 @@ export class Viewer {
     }
   }
 
-  /** Ask the worker for a new order when the camera or the animation changed. */
+  /** Hand finished read-back positions to the sorter, and ask it for a new order when they or the
+   * camera changed. Never waits. */
   requestSort(view) {
-    const key = `${this.animationKey}|${this.camera.version}`;
+    const got = this.readback.poll();
+    if (got) this.sorter.setPositions(got.serial, got.positions);
+    if (this.sorter.positionsKey === null) return;
+    const key = `${this.sorter.positionsKey}|${this.camera.version}`;
     if (key === this.sortedFor) return;
     this.sortedFor = key;
-    this.sorter.request(this.params, this.animationKey, view, this.renderer.near, this.renderer.far);
+    this.sorter.request(view, this.renderer.near, this.renderer.far);
+  }
+
+  /** Render, wait until the order for the current animation and camera is in use, render again. */
+  async settled() {
+    this.renderOnce();
+    if (!this.data) return;
+    const [w, h] = this.drawingSize();
+    while (!this.readback.current) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      this.requestSort(this.camera.view(w, h));
+    }
+    this.requestSort(this.camera.view(w, h));
+    await this.sorter.settled();
+    this.renderOnce();
   }
 
   // ----------------------------------------------------------------------------------- rendering
@@ -226,6 +248,7 @@ export class Viewer {
    * nothing). */
   renderOnce({ skipIfIdle = false } = {}) {
     const [w, h] = this.drawingSize();
+    if (this.data) this.requestSort(this.camera.view(w, h)); // even when idle: positions may have arrived
     const key = `${w}x${h}|${this.animationKey}|${this.camera.version}|${this.data?.orderSerial}|${this.background}|` +
       `${this.renderer?.eps2d}|${Boolean(this.data)}`;
     if (skipIfIdle && key === this.lastFrameKey) {
@@ -248,12 +271,11 @@ export class Viewer {
     }
     this.animate();
     const view = this.camera.view(w, h);
-    this.requestSort(view);
     this.renderer.draw(view, this.background);
     this.pollTimers();
     this.stats.visible = this.data.splatCount || 0;
     this.stats.sortMs = this.sorter.stats.sortMs;
-    this.stats.workerBlendMs = this.sorter.stats.blendMs;
+    this.stats.readbackMs = this.readback.copyMs;
     return view;
   }
 

@@ -1,0 +1,76 @@
+// Asynchronous read-back of the animated positions for the depth sorter: after the blend pass the
+// means + opacity target is copied into a pixel-pack buffer with a fence behind it, and the copy is
+// fetched (getBufferSubData) only once the fence has signalled - the frame never waits for the GPU.
+// At most one copy is in flight; a newer animation while one is pending is read as soon as that
+// one is done (the target then holds the newest Gaussians), so a steady animation is never starved.
+
+export class PositionReadback {
+  /** `data`: SplatData (its `animated` target, GAUSS_TW x rows RGBA32UI, attachment 0 = means + opacity). */
+  constructor(gl, data) {
+    this.gl = gl;
+    this.data = data;
+    const t = data.animated;
+    this.texels = t.width * t.height;
+    this.buffer = gl.createBuffer();
+    gl.bindBuffer(gl.PIXEL_PACK_BUFFER, this.buffer);
+    gl.bufferData(gl.PIXEL_PACK_BUFFER, this.texels * 16, gl.STREAM_READ);
+    gl.bindBuffer(gl.PIXEL_PACK_BUFFER, null);
+    this.fence = null;
+    this.inFlight = -1;   // animation serial of the copy in flight
+    this.wanted = -1;     // newest animation serial asked for
+    this.delivered = -1;  // animation serial of the last positions handed out
+    this.copyMs = 0;
+  }
+
+  /** The animated target now holds animation `serial`: read it back (now, or after the pending copy). */
+  request(serial) {
+    this.wanted = serial;
+    if (!this.fence) this.issue();
+  }
+
+  issue() {
+    const gl = this.gl;
+    const t = this.data.animated;
+    gl.bindFramebuffer(gl.READ_FRAMEBUFFER, t.fbo);
+    gl.readBuffer(gl.COLOR_ATTACHMENT0);
+    gl.bindBuffer(gl.PIXEL_PACK_BUFFER, this.buffer);
+    gl.readPixels(0, 0, t.width, t.height, gl.RGBA_INTEGER, gl.UNSIGNED_INT, 0);
+    gl.bindBuffer(gl.PIXEL_PACK_BUFFER, null);
+    gl.bindFramebuffer(gl.READ_FRAMEBUFFER, null);
+    this.fence = gl.fenceSync(gl.SYNC_GPU_COMMANDS_COMPLETE, 0);
+    this.inFlight = this.wanted;
+    gl.flush();
+  }
+
+  /** If the copy in flight is complete: {serial, positions} (Float32Array, x y z opacity per
+   * Gaussian, a fresh buffer the caller may transfer), and the next copy is issued if one is wanted;
+   * else null. Never blocks. */
+  poll() {
+    const gl = this.gl;
+    if (!this.fence) return null;
+    const status = gl.clientWaitSync(this.fence, 0, 0);
+    if (status !== gl.ALREADY_SIGNALED && status !== gl.CONDITION_SATISFIED) return null;
+    gl.deleteSync(this.fence);
+    this.fence = null;
+    const t0 = performance.now();
+    const positions = new Float32Array(this.data.count * 4);
+    gl.bindBuffer(gl.PIXEL_PACK_BUFFER, this.buffer);
+    gl.getBufferSubData(gl.PIXEL_PACK_BUFFER, 0, positions);
+    gl.bindBuffer(gl.PIXEL_PACK_BUFFER, null);
+    this.copyMs = performance.now() - t0;
+    const serial = this.inFlight;
+    this.delivered = serial;
+    if (this.wanted > serial) this.issue();
+    return { serial, positions };
+  }
+
+  /** Whether the newest requested animation has been handed out. */
+  get current() {
+    return this.delivered >= this.wanted;
+  }
+
+  dispose() {
+    if (this.fence) this.gl.deleteSync(this.fence);
+    this.gl.deleteBuffer(this.buffer);
+  }
+}

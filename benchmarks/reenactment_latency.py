@@ -19,6 +19,7 @@ Writes ``benchmarks/results/reenactment_latency.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 from pathlib import Path
 
@@ -115,7 +116,8 @@ def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None,
 
     onnx_t, onnx_mb = onnx_latency(gen, cache, next_cond, warmup, frames) if onnx else (None, None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    gen_d, cache_d, conds_d = gen.to(device), cache.to(device), conds.to(device)
+    # a copy: Module.to works in place, and the head model is shared with the next preset's generator
+    gen_d, cache_d, conds_d = copy.deepcopy(gen).to(device), cache.to(device), conds.to(device)
 
     def next_cond_d() -> torch.Tensor:
         return conds_d[next(it) % frames:][:1]

@@ -30,6 +30,13 @@ Pipeline of :func:`extract_agora_m`:
 
 Both passes save their progress to ``progress_dir`` (when given) and a restarted extraction with
 the same settings continues where it stopped.
+
+Under torchrun (``dist``), every rank runs the two passes on its contiguous shard of the rows: pass 1
+merges the ranks' sketches into the same bases on every rank (:mod:`~agora_core.agora_m.streaming_svd`),
+pass 2 sums the ranks' coefficient targets and energies; rank 0 then trains the MLP (small) and
+measures the fidelity alone - :func:`extract_agora_m` on rank 0, :func:`extraction_worker` on the
+others. Each rank keeps its own progress files, so an interrupted launch resumes with the same number
+of ranks.
 """
 from __future__ import annotations
 
@@ -39,7 +46,8 @@ import hashlib
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +60,11 @@ from agora_core.agora_m.residuals import ResidualSource, make_prior
 from agora_core.agora_m.result import ExtractionResult, condition_ranges
 from agora_core.agora_m.streaming_svd import (
     STATE_VERSION,
+    StreamingSVDResult,
     fingerprint_of,
     load_state,
     peak_memory,
+    rank_state_name,
     resolve_ranks,
     save_state,
     sketch_sizes_for,
@@ -63,6 +73,7 @@ from agora_core.agora_m.streaming_svd import (
 from agora_core.generator.identities import IdentitySet, sample_identities
 from agora_core.generator.model import AgoraGenerator
 from agora_core.heads.expressions import ExpressionPrior
+from agora_core.types.distributed import SINGLE, DistContext
 from agora_core.types.errors import AgoraError
 from agora_core.types.spec import GROUP_NAMES, GROUPS
 
@@ -81,6 +92,7 @@ def extract_agora_m(
     *,
     prior: ExpressionPrior | None = None,
     progress: bool = True,
+    dist: DistContext = SINGLE,
 ) -> ExtractionResult:
     """Extract AGORA-M blendshapes and the coefficient MLP from ``generator`` (see the module docstring).
 
@@ -88,14 +100,34 @@ def extract_agora_m(
         identities: an :class:`IdentitySet` (e.g. from :func:`sample_identities`) or a list of seeds;
             default: ``config.seeds`` with ``config.truncation`` and ``config.shape_std``.
         prior: the expression prior; default from ``config.prior`` / ``config.prior_file``.
+        dist: under torchrun, rank 0's context (the other ranks call :func:`extraction_worker`).
     """
+    if not dist.is_main:
+        raise ValueError("extract_agora_m runs on rank 0; the other ranks call extraction_worker")
     config = (config or ExtractionConfig()).validate()
+    with _extraction_runtime(config):
+        return _extract(generator, config, identities, prior, progress, dist)
+
+
+def extraction_worker(generator: AgoraGenerator, config: ExtractionConfig | None = None,
+                      identities: IdentitySet | Sequence[int] | None = None, *,
+                      prior: ExpressionPrior | None = None, dist: DistContext) -> None:
+    """The part of a torchrun extraction that a rank other than 0 runs: both passes on its shard of the
+    rows (the same arguments as rank 0's :func:`extract_agora_m`); it returns once pass 2 is summed."""
+    config = (config or ExtractionConfig()).validate()
+    with _extraction_runtime(config):
+        _passes(generator, config, identities, prior, False, dist)
+
+
+@contextlib.contextmanager
+def _extraction_runtime(config: ExtractionConfig) -> Iterator[None]:
+    """The thread count and heap settings of an extraction, restored afterwards."""
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
         with malloc_cache(config.malloc_cache and torch.device(config.device).type == "cpu"):
-            return _extract(generator, config, identities, prior, progress)
+            yield
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -136,10 +168,25 @@ def malloc_cache(enable: bool = True):
         libc.malloc_trim(0)
 
 
-def _extract(
-    generator: AgoraGenerator, config: ExtractionConfig, identities, prior, progress: bool
-) -> ExtractionResult:
-    t_start = time.perf_counter()
+@dataclass
+class _Passes:
+    """What the two passes leave for rank 0: the rows' source, the bases and the coefficient targets."""
+
+    source: ResidualSource
+    identities: IdentitySet
+    ranks: dict[str, int]
+    svd: StreamingSVDResult
+    bases_flat: dict[str, torch.Tensor]
+    means_flat: dict[str, torch.Tensor] | None
+    coef: torch.Tensor
+    ev_exact: dict[str, float]
+    resumed2: int
+    timings: dict[str, float]
+
+
+def _passes(generator: AgoraGenerator, config: ExtractionConfig, identities, prior, progress: bool,
+            dist: DistContext) -> _Passes:
+    """Identities, pass 1 (bases) and pass 2 (coefficient targets), each rank on its shard of the rows."""
     timings: dict[str, float] = {}
     generator = generator.eval()
     device = torch.device(config.device)
@@ -173,24 +220,39 @@ def _extract(
     } if progress_dir is not None else None
 
     # ---------------------------------------------------------------- pass 1: streaming SVD
-    _log(progress, f"AGORA-M pass 1/2: {config.num_samples} residual rows x {G:,} Gaussians -> ranks {ranks} "
+    over = f" over {dist.world_size} ranks" if dist.distributed else ""
+    _log(progress, f"AGORA-M pass 1/2: {config.num_samples} residual rows x {G:,} Gaussians{over} -> ranks {ranks} "
                    f"(sketch sizes {sizes})")
     svd = streaming_svd(
         source.rows, config.num_samples, dims, ranks, block_size=config.batch_size, sketch_sizes=sizes,
         centre=config.centre, device=device, progress_dir=progress_dir, checkpoint_every=config.checkpoint_every,
-        fingerprint=base_fp, progress=progress, desc="pass 1: sketch",
+        fingerprint=base_fp, progress=progress, desc="pass 1: sketch", dist=dist,
     )
     timings["svd_s"] = svd.seconds
     bases_flat = {g: svd.groups[g].basis for g in GROUP_NAMES}
     means_flat = {g: svd.groups[g].mean for g in GROUP_NAMES} if config.centre else None
 
     # ---------------------------------------------------------------- pass 2: coefficient targets
-    M = config.training_rows
     t = time.perf_counter()
     coef, ev_exact, resumed2 = _project_rows(
-        source, config, M, bases_flat, means_flat, ranks, progress_dir, base_fp, progress
+        source, config, config.training_rows, bases_flat, means_flat, ranks, progress_dir, base_fp, progress, dist
     )
     timings["projection_s"] = time.perf_counter() - t
+    return _Passes(source, identities, ranks, svd, bases_flat, means_flat, coef, ev_exact, resumed2, timings)
+
+
+def _extract(
+    generator: AgoraGenerator, config: ExtractionConfig, identities, prior, progress: bool, dist: DistContext
+) -> ExtractionResult:
+    t_start = time.perf_counter()
+    device = torch.device(config.device)
+    head = generator.head
+    G = generator.num_gaussians
+    dims = {g: G * d for g, d, _ in GROUPS}
+    passes = _passes(generator, config, identities, prior, progress, dist)
+    source, identities, ranks, svd = passes.source, passes.identities, passes.ranks, passes.svd
+    bases_flat, means_flat, coef, ev_exact = passes.bases_flat, passes.means_flat, passes.coef, passes.ev_exact
+    timings, resumed2, M = passes.timings, passes.resumed2, config.training_rows
 
     # ---------------------------------------------------------------- MLP
     ids = source.identity_index(0, M)
@@ -225,7 +287,8 @@ def _extract(
         peak_memory={},
         svd_info={"sketch_sizes": svd.sketch_sizes, "shrinkage": {g: svd.groups[g].shrinkage for g in GROUP_NAMES},
                   "rows": svd.rows, "resumed_from_row": svd.resumed_from, "projection_resumed_from_row": resumed2,
-                  "sketch_mib": svd.sketch_bytes / 2**20, "centre": config.centre},
+                  "sketch_mib": svd.sketch_bytes / 2**20, "centre": config.centre,
+                  "world_size": dist.world_size},
     )
 
     # ---------------------------------------------------------------- fidelity on held-out tuples
@@ -244,43 +307,42 @@ def _extract(
 
 
 def _project_rows(source: ResidualSource, config: ExtractionConfig, M: int, bases: dict, means: dict | None,
-                  ranks: dict, progress_dir: Path | None, base_fp: dict | None, progress: bool):
-    """Pass 2: coefficient targets ``U^T (a - mean)`` of rows ``[0, M)`` and the exact explained variance."""
+                  ranks: dict, progress_dir: Path | None, base_fp: dict | None, progress: bool,
+                  dist: DistContext = SINGLE):
+    """Pass 2: coefficient targets ``U^T (a - mean)`` of rows ``[0, M)`` and the exact explained variance
+    (under torchrun each rank projects its shard; the targets and energies are summed over ranks)."""
     from tqdm.auto import tqdm
 
     total_k = sum(ranks.values())
     coef = torch.zeros(M, total_k)
     energy = {g: 0.0 for g in GROUP_NAMES}
     captured = {g: 0.0 for g in GROUP_NAMES}
-    path = progress_dir / "projection_state.pt" if progress_dir is not None else None
-    fp = (
-        fingerprint_of(
-            {
-                "base": base_fp,
-                "M": M,
-                "block": config.batch_size,
-                "centre": config.centre,
-                "bases": hashlib.sha256(b"".join(bases[g].cpu().numpy().tobytes() for g in GROUP_NAMES)).hexdigest()[
-                    :16
-                ],
-            }
-        )
-        if path is not None
-        else ""
-    )
-    row = 0
+    path = progress_dir / rank_state_name("projection_state.pt", dist) if progress_dir is not None else None
+    first, last = dist.shard(M)
+    described = {
+        "base": base_fp,
+        "M": M,
+        "block": config.batch_size,
+        "centre": config.centre,
+        "bases": hashlib.sha256(b"".join(bases[g].cpu().numpy().tobytes() for g in GROUP_NAMES)).hexdigest()[:16],
+    }
+    if dist.distributed:
+        described["shard"] = [first, last, dist.rank, dist.world_size]
+    fp = fingerprint_of(described) if path is not None else ""
+    row = first
     if path is not None:
         state = load_state(path, fp)
         if state is not None:
             row = int(state["rows_done"])
-            coef[:row] = state["coefficients"]
+            coef[first:row] = state["coefficients"]
             energy, captured = dict(state["energy"]), dict(state["captured"])
-    resumed = row
+    resumed = row - first
     offsets = np.cumsum([0] + [ranks[g] for g in GROUP_NAMES])
     blocks = 0
-    with tqdm(total=M, initial=row, unit="row", desc="pass 2: targets", disable=not progress, leave=False) as bar:
-        while row < M:
-            stop = min(row + config.batch_size, M)
+    with tqdm(total=last - first, initial=row - first, unit="row", desc="pass 2: targets", disable=not progress,
+              leave=False) as bar:
+        while row < last:
+            stop = min(row + config.batch_size, last)
             rows = source.rows(row, stop)
             for i, g in enumerate(GROUP_NAMES):
                 a = rows[g]
@@ -293,9 +355,15 @@ def _project_rows(source: ResidualSource, config: ExtractionConfig, M: int, base
             bar.update(stop - row)
             row = stop
             blocks += 1
-            if path is not None and (blocks % config.checkpoint_every == 0 or row == M):
+            if path is not None and (blocks % config.checkpoint_every == 0 or row == last):
                 save_state(path, {"version": STATE_VERSION, "fingerprint": fp, "rows_done": row,
-                                  "coefficients": coef[:row].clone(), "energy": energy, "captured": captured})
+                                  "coefficients": coef[first:row].clone(), "energy": energy, "captured": captured})
+    if dist.distributed:  # each row's targets are non-zero on one rank only, so the sum is exact
+        dist.all_reduce_sum(coef)
+        sums = torch.tensor([[energy[g], captured[g]] for g in GROUP_NAMES], dtype=torch.float64)
+        dist.all_reduce_sum(sums)
+        energy = {g: float(sums[i, 0]) for i, g in enumerate(GROUP_NAMES)}
+        captured = {g: float(sums[i, 1]) for i, g in enumerate(GROUP_NAMES)}
     ev = {g: (min(1.0, captured[g] / energy[g]) if energy[g] > 0 else 1.0) for g in GROUP_NAMES}
     return coef, ev, resumed
 
@@ -308,4 +376,4 @@ def _generator_digest(generator: AgoraGenerator) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["extract_agora_m", "malloc_cache"]
+__all__ = ["extract_agora_m", "extraction_worker", "malloc_cache"]

@@ -42,6 +42,17 @@ Resumption
 ``torch.load(weights_only=True)``. Rows are a deterministic function of their index and block
 boundaries do not move, so an interrupted and resumed run performs exactly the same operations as
 an uninterrupted one and returns bit-identical bases (on the same device and thread count).
+
+Ranks (torchrun)
+----------------
+Frequent-Directions sketches are mergeable (Agarwal et al. 2012; Ghashami et al. 2016): the sketch
+of the rows of two sketches, with the shrinkages added, keeps the guarantee for the union of their
+rows. With ``dist`` (a :class:`~agora_core.types.distributed.DistContext`), each rank sketches its
+contiguous shard of the ``N`` rows (saving its own progress file), the sketches are merged pairwise
+up a binary tree (``log2 W`` rounds; a sender first shrinks its sketch to ``l`` rows, and groups go
+one at a time, so a receiver holds at most one extra ``l x D_g`` block), rank 0 computes the bases
+and broadcasts them, so every rank returns the same bases. Merged bases equal one process's up to
+the sketch's error (they are exactly the same subspace when ``2 l >= N``, where no sketch shrinks).
 """
 from __future__ import annotations
 
@@ -58,6 +69,7 @@ from pathlib import Path
 
 import torch
 
+from agora_core.types.distributed import SINGLE, DistContext
 from agora_core.types.errors import AgoraError
 from agora_core.types.io import load_plain_torch
 
@@ -164,6 +176,10 @@ class FrequentDirections:
         if self.col_sum is not None:
             self.col_sum += rows.sum(dim=0).double()
         self.rows += int(rows.shape[0])
+        self._append(rows)
+
+    def _append(self, rows: torch.Tensor) -> None:
+        """Put ``rows`` into the buffer, shrinking whenever it is full."""
         i, b = 0, int(rows.shape[0])
         cap = 2 * self.sketch_size
         while i < b:
@@ -216,6 +232,34 @@ class FrequentDirections:
         self.filled = l
         self.shrinkage += delta
         self.num_shrinks += 1
+
+    # ------------------------------------------------------------------ merging
+    @torch.no_grad()
+    def compact(self) -> None:
+        """Shrink to at most ``l`` rows (before sending the sketch to another rank: half the bytes)."""
+        if self.filled > self.sketch_size:
+            self._shrink()
+
+    def summary(self) -> torch.Tensor:
+        """The sketch's running scalars as float64 ``[sq_norm, shrinkage, rows, num_shrinks]``."""
+        return torch.tensor([self.sq_norm, self.shrinkage, self.rows, self.num_shrinks], dtype=torch.float64)
+
+    @torch.no_grad()
+    def merge(self, rows: torch.Tensor, summary: torch.Tensor, col_sum: torch.Tensor | None = None) -> None:
+        """Fold in another sketch of other rows of the same matrix (its buffer rows, :meth:`summary` and
+        column sums): the result is a sketch of the union with the shrinkages added."""
+        if rows.dim() != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"expected sketch rows of shape [r, {self.dim}], got {tuple(rows.shape)}")
+        sq_norm, shrinkage, count, shrinks = (float(x) for x in summary.double().tolist())
+        self._append(rows.to(device=self.device, dtype=self.dtype))
+        self.sq_norm += sq_norm
+        self.shrinkage += shrinkage
+        self.rows += int(count)
+        self.num_shrinks += int(shrinks)
+        if self.col_sum is not None:
+            if col_sum is None:
+                raise ValueError("a centred sketch merges only with the column sums of the other")
+            self.col_sum += col_sum.to(self.device, torch.float64)
 
     # ------------------------------------------------------------------ results
     @torch.no_grad()
@@ -446,6 +490,68 @@ class StreamingSVD:
 RowFn = Callable[[int, int], Mapping[str, torch.Tensor]]
 
 
+def merge_over_ranks(svd: StreamingSVD, ctx: DistContext) -> None:
+    """Merge every rank's sketches into rank 0's up a binary tree (see the module docstring); a rank
+    that has sent its sketches is done with them. A no-op for one process."""
+    step = 1
+    while step < ctx.world_size:
+        if ctx.rank % (2 * step) == step:  # send to the partner below, then stop
+            for fd in svd.sketches.values():  # the same order on every rank
+                fd.compact()
+                extra = [fd.col_sum] if fd.col_sum is not None else []
+                ctx.send([fd.buffer[:fd.filled], fd.summary(), *extra], ctx.rank - step)
+            return
+        if ctx.rank % (2 * step) == 0 and ctx.rank + step < ctx.world_size:
+            for fd in svd.sketches.values():
+                dtypes = [fd.dtype, torch.float64] + ([torch.float64] if fd.centre else [])
+                got = ctx.recv(dtypes, ctx.rank + step)
+                fd.merge(got[0], got[1], got[2] if fd.centre else None)
+                del got
+        step *= 2
+
+
+def broadcast_results(results: dict[str, GroupSVD] | None, dims: Mapping[str, int], ranks: Mapping[str, int],
+                      sizes: Mapping[str, int], centre: bool, ctx: DistContext,
+                      device: torch.device) -> dict[str, GroupSVD]:
+    """Rank 0's per-group results (``results``; ``None`` elsewhere) on every rank, bit for bit."""
+    if not ctx.distributed:
+        assert results is not None
+        return results
+    out = {}
+    for g, D in dims.items():
+        K = ranks[g]
+        if K == 0:  # nothing was sketched: the same empty result on every rank
+            out[g] = StreamingSVD({g: D}, {g: 0}, centre=centre).results({g: 0})[g]
+            continue
+        room = 2 * sizes[g] + 1  # the sketch's singular values: at most its rows (+1 for the centring direction)
+        mine = results[g] if results is not None else None
+        basis = mine.basis.to(device) if mine is not None else torch.empty(K, D, device=device)
+        ctx.broadcast(basis)
+        mean = None
+        if centre:
+            mean = mine.mean.to(device) if mine is not None else torch.empty(D, device=device)
+            ctx.broadcast(mean)
+        info = torch.zeros(4 + K + room, dtype=torch.float64)
+        if mine is not None:
+            r = len(mine.sketch_singular_values)
+            info[:4] = torch.tensor([mine.total_energy, mine.shrinkage, mine.rows, r], dtype=torch.float64)
+            info[4:4 + K] = mine.singular_values.double()
+            info[4 + K:4 + K + r] = mine.sketch_singular_values.double()
+        ctx.broadcast(info)
+        r = int(info[3])
+        out[g] = GroupSVD(g, basis, info[4:4 + K].to(basis.dtype), info[4 + K:4 + K + r].to(basis.dtype),
+                          float(info[0]), float(info[1]), int(info[2]), mean=mean)
+    return out
+
+
+def rank_state_name(state_name: str, ctx: DistContext) -> str:
+    """The progress file of this rank: ``NAME.rank1-of-4.pt`` under torchrun, ``NAME.pt`` for one process."""
+    if not ctx.distributed:
+        return state_name
+    stem, dot, suffix = state_name.rpartition(".")
+    return f"{stem}.rank{ctx.rank}-of-{ctx.world_size}{dot}{suffix}" if dot else f"{state_name}.rank{ctx.rank}"
+
+
 def sketch_sizes_for(ranks: Mapping[str, int], num_rows: int, sketch_size: int | None = None,
                      oversampling: int = DEFAULT_OVERSAMPLING) -> dict[str, int]:
     """``l = K + oversampling`` per group (or an explicit ``sketch_size >= K``), never more than needed.
@@ -482,6 +588,7 @@ def streaming_svd(
     desc: str = "streaming SVD",
     state_name: str = "svd_state.pt",
     sketch_sizes: Mapping[str, int] | None = None,
+    dist: DistContext = SINGLE,
 ) -> StreamingSVDResult:
     """Top-``rank`` right singular vectors of the ``num_rows x D_g`` matrices whose rows ``row_fn`` yields.
 
@@ -491,6 +598,8 @@ def streaming_svd(
     ``checkpoint_every`` blocks and at the end; a later call with the same arguments continues
     where the saved state stops (``fingerprint`` identifies the run; a different one is refused).
     ``sketch_sizes`` sets ``l`` per group explicitly (overrides ``sketch_size``/``oversampling``).
+    Under torchrun (``dist``), call it on every rank: each sketches its shard of the rows (its own progress
+    file, :func:`rank_state_name`), the sketches are merged, and every rank returns rank 0's bases.
     """
     if num_rows < 1:
         raise AgoraError(f"num_rows must be positive, got {num_rows}")
@@ -505,39 +614,47 @@ def streaming_svd(
         sizes = {g: (int(sketch_sizes[g]) if k > 0 else 0) for g, k in ranks.items()}
     device = torch.device(device) if device is not None else torch.device("cpu")
     svd = StreamingSVD(dims, sizes, centre=centre, device=device)
+    first, last = dist.shard(num_rows)  # [0, num_rows) for one process
     fp_obj = {"user": fingerprint, "num_rows": num_rows, "dims": dict(dims), "sizes": sizes, "centre": centre,
               "block_size": block_size}
+    if dist.distributed:
+        fp_obj["shard"] = [first, last, dist.rank, dist.world_size]
     fp = fingerprint_of(fp_obj)
-    path = Path(progress_dir) / state_name if progress_dir is not None else None
-    start_row = 0
+    path = Path(progress_dir) / rank_state_name(state_name, dist) if progress_dir is not None else None
+    start_row = first
     if path is not None:
         state = load_state(path, fp)
         if state is not None:
             svd.load_state_dict(state["sketch"])
             start_row = int(state["rows_done"])
-    resumed_from = start_row
+    resumed_from = start_row - first
     t0 = time.perf_counter()
     blocks_done = 0
     from tqdm.auto import tqdm
 
-    with tqdm(total=num_rows, initial=start_row, unit="row", desc=desc, disable=not progress, leave=False) as bar:
+    with tqdm(total=last - first, initial=start_row - first, unit="row", desc=desc, disable=not progress,
+              leave=False) as bar:
         row = start_row
-        while row < num_rows:
-            stop = min(row + block_size, num_rows)
+        while row < last:
+            stop = min(row + block_size, last)
             svd.update(row_fn(row, stop))
             bar.update(stop - row)
             row = stop
             blocks_done += 1
-            if path is not None and (blocks_done % checkpoint_every == 0 or row == num_rows):
+            if path is not None and (blocks_done % checkpoint_every == 0 or row == last):
                 save_state(
                     path, {"version": STATE_VERSION, "fingerprint": fp, "rows_done": row, "sketch": svd.state_dict()}
                 )
-    results = svd.results(ranks)
+    sketch_bytes = svd.memory_bytes()
+    merge_over_ranks(svd, dist)
+    results = svd.results(ranks) if dist.is_main else None
+    del svd  # the bases are all that is left to hold
+    results = broadcast_results(results, dims, ranks, sizes, centre, dist, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     return StreamingSVDResult(groups=results, rows=num_rows, seconds=seconds, peak_memory=peak_memory(device),
-                              sketch_sizes=sizes, resumed_from=resumed_from, sketch_bytes=svd.memory_bytes())
+                              sketch_sizes=sizes, resumed_from=resumed_from, sketch_bytes=sketch_bytes)
 
 
 def subspace_sines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -552,9 +669,12 @@ __all__ = [
     "GroupSVD",
     "StreamingSVD",
     "StreamingSVDResult",
+    "broadcast_results",
     "fingerprint_of",
     "load_state",
+    "merge_over_ranks",
     "peak_memory",
+    "rank_state_name",
     "resolve_ranks",
     "save_state",
     "sketch_sizes_for",

@@ -2,16 +2,51 @@
 
 Equalised learning rate throughout: parameters are stored at unit scale and multiplied by
 ``1/sqrt(fan_in)`` (and an optional learning-rate multiplier) at run time.
+
+Random noise inputs are drawn from torch's global RNG, one map per sample. Data-parallel training
+(:func:`noise_rows`) draws the maps of the whole global batch on every rank and keeps the rank's rows,
+so that ranks seeded alike see the noise one process would see for the same samples.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 SQRT2 = math.sqrt(2.0)
+
+# (first row, stride, global batch) of this process's samples while data-parallel; None: all of them
+_NOISE_ROWS: ContextVar[tuple[int, int, int] | None] = ContextVar("agora_noise_rows", default=None)
+
+
+@contextlib.contextmanager
+def noise_rows(start: int, stride: int, total: int) -> Iterator[None]:
+    """Within the block, each noise input is drawn for ``total`` samples and rows ``start::stride`` are
+    used: the local batch is those rows of a global batch of ``total`` (see the module docstring)."""
+    token = _NOISE_ROWS.set((int(start), int(stride), int(total)))
+    try:
+        yield
+    finally:
+        _NOISE_ROWS.reset(token)
+
+
+def random_noise(x: torch.Tensor) -> torch.Tensor:
+    """One noise map ``[B, 1, H, W]`` per sample of ``x`` (under :func:`noise_rows`: the local rows of the
+    global batch's maps)."""
+    rows = _NOISE_ROWS.get()
+    if rows is None:
+        return torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+    start, stride, total = rows
+    noise = torch.randn(total, 1, *x.shape[2:], device=x.device, dtype=x.dtype)[start::stride]
+    if noise.shape[0] != x.shape[0]:
+        raise ValueError(f"noise_rows({start}, {stride}, {total}) selects {noise.shape[0]} rows for a batch of "
+                         f"{x.shape[0]}")
+    return noise
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
@@ -108,7 +143,7 @@ class StyledConv(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
         x = modulated_conv2d(x, self.weight * self.weight_gain, self.affine(style), padding=1)
         if self.noise_strength is not None and noise_mode == "random":
-            x = x + torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype) * self.noise_strength
+            x = x + random_noise(x) * self.noise_strength
         return F.leaky_relu(x + self.bias.reshape(1, -1, 1, 1), 0.2) * SQRT2
 
 

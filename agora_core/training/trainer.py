@@ -31,9 +31,15 @@ Regularisers (weights from the paper; the quantities are ours, see docs/training
 Stage changes: for the first ``fade_kimg`` thousand images of a stage whose resolution grew, the
 discriminator sees real and fake images cross-faded from the previous resolution (as in progressive
 GAN growing); without it D separates the new, sharper images at once and G collapses.
+
+Data-parallel (``torchrun``; :mod:`agora_core.training.parallel`): ``batch`` is the global batch,
+each of the ``W`` ranks takes rows ``r::W`` of every global draw, G and D run under
+``DistributedDataParallel``, and rank 0 alone writes the run folder. ``W`` ranks x ``batch / W`` train
+like one process x ``batch`` (up to the order of floating-point sums).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -55,13 +61,23 @@ from agora_core.generator.checkpoint import (
 )
 from agora_core.generator.config import DEFAULT_PRESET, GeneratorConfig, get_preset
 from agora_core.generator.model import AgoraGenerator, Condition, IdentityCache
+from agora_core.generator.stylegan import noise_rows
 from agora_core.heads.model import HeadModel
 from agora_core.heads.sources import BUILTIN_HEAD
 from agora_core.render.mesh_splats import expression_code_image
 from agora_core.render.rasterizer import rasterize
 from agora_core.training.dataset import HeadImageDataset, PoseBatch
 from agora_core.training.discriminator import Discriminator, DiscriminatorConfig
+from agora_core.training.parallel import (
+    BatchShard,
+    EpochOrder,
+    average_over_ranks,
+    mean_and_any,
+    per_rank_batch,
+    wrap_data_parallel,
+)
 from agora_core.types.camera import Camera, camera_from_conditioning
+from agora_core.types.distributed import SINGLE, DistContext, rank_device
 from agora_core.types.errors import AgoraError, require
 from agora_core.types.gaussians import Gaussians
 from agora_core.types.io import atomic_write, image_grid, save_png
@@ -114,7 +130,7 @@ class TrainConfig:
     data: str
     preset: str = DEFAULT_PRESET
     head: str = BUILTIN_HEAD
-    batch: int = 32
+    batch: int = 32  # global batch: split over the ranks of a torchrun launch (batch / world size each)
     lr_g: float = 0.0025
     lr_d: float = 0.002
     betas: tuple[float, float] = (0.0, 0.99)
@@ -279,6 +295,19 @@ def render_generator(G: AgoraGenerator, z: torch.Tensor, pose: PoseBatch, resolu
     return FakeSample(out.image.permute(0, 3, 1, 2), cache, residuals, gaussians)
 
 
+class GeneratorRender(torch.nn.Module):
+    """:func:`render_generator` as the ``forward`` of a module that holds ``G``: what
+    ``DistributedDataParallel`` wraps, so that the generator step's gradients are averaged over ranks."""
+
+    def __init__(self, G: AgoraGenerator):
+        super().__init__()
+        self.G = G
+
+    def forward(self, z: torch.Tensor, pose: PoseBatch, resolution: int, background: torch.Tensor, *,
+                backend: str = "auto", update_w_avg: bool = False) -> FakeSample:
+        return render_generator(self.G, z, pose, resolution, background, backend=backend, update_w_avg=update_w_avg)
+
+
 def regularizers(G: AgoraGenerator, fake: FakeSample) -> dict[str, torch.Tensor]:
     """The generator's L2 and opacity terms (unweighted), see the module docstring."""
     cfg = G.cfg
@@ -324,7 +353,8 @@ def init_weights(G: AgoraGenerator, path: Path) -> None:
         )
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist: DistContext = SINGLE) -> torch.device:
+    """The device ``name`` names (``auto``: CUDA when available); under torchrun, this rank's GPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -333,7 +363,7 @@ def resolve_device(name: str) -> torch.device:
         raise TrainingError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("device 'cuda' was asked for but no CUDA GPU is available")
-    return device
+    return rank_device(device, dist)
 
 
 @dataclass
@@ -352,14 +382,22 @@ class StepLosses:
 
 
 class Trainer:
-    """Holds G, G_ema, D, their optimisers, the RNGs and the schedule position of one run."""
+    """Holds G, G_ema, D, their optimisers, the RNGs and the schedule position of one run.
+
+    ``dist``: this process's place in a torchrun launch (every rank builds the same trainer from the
+    same seed; see :mod:`agora_core.training.parallel`)."""
 
     def __init__(
-        self, cfg: TrainConfig, head: HeadModel, data: TrainingData, code_renderer: CodeRenderer | None = None
+        self, cfg: TrainConfig, head: HeadModel, data: TrainingData, code_renderer: CodeRenderer | None = None,
+        dist: DistContext = SINGLE,
     ):
         self.cfg = cfg.validate()
-        self.device = resolve_device(cfg.device)
+        self.dist = dist
+        self.shard = BatchShard.of(dist)
+        self.local_batch = per_rank_batch(cfg.batch, dist.world_size)
+        self.device = resolve_device(cfg.device, dist)
         self.data = data
+        self.order = EpochOrder(len(data), cfg.seed)
         self.stages = cfg.resolved_stages()
         self.code_renderer = code_renderer if code_renderer is not None else expression_code_image
         torch.manual_seed(cfg.seed)
@@ -382,6 +420,9 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas, eps=1e-8)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d * ratio,
                                       betas=(cfg.betas[0] ** ratio, cfg.betas[1] ** ratio), eps=1e-8)
+        # what the steps call: under torchrun, DistributedDataParallel around G (its render) and D
+        self.G_step = wrap_data_parallel(GeneratorRender(self.G), dist)
+        self.D_step = wrap_data_parallel(self.D, dist)
         self.step = 0
         self.images_seen = 0
         self.background = torch.tensor(data.background, dtype=torch.float32, device=self.device)
@@ -413,12 +454,22 @@ class Trainer:
         self.stage_index = index
 
     # ------------------------------------------------------------------ one step
-    def _draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = len(self.data)
-        real_idx = torch.randint(n, (batch,), generator=self.rng)
-        pose_idx = torch.randint(n, (batch,), generator=self.rng)
-        z = torch.randn(batch, self.G.cfg.z_dim, generator=self.rng)
-        return real_idx, pose_idx, z
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of a global batch of fake poses (dataset rows) and latents."""
+        n, B = len(self.data), self.cfg.batch
+        pose_idx = torch.randint(n, (B,), generator=self.rng)
+        z = torch.randn(B, self.G.cfg.z_dim, generator=self.rng)
+        return self.shard.take(pose_idx), self.shard.take(z)
+
+    def _real_rows(self) -> torch.Tensor:
+        """This rank's rows of the step's real images: the next global batch of the epoch order."""
+        return self.shard.take(self.order.rows(self.images_seen, self.cfg.batch))
+
+    def _noise(self) -> contextlib.AbstractContextManager:
+        """The generator's noise maps of this rank's rows of the global batch (nothing to do for one process)."""
+        if not self.dist.distributed:
+            return contextlib.nullcontext()
+        return noise_rows(self.dist.rank, self.dist.world_size, self.cfg.batch)
 
     @torch.no_grad()
     def _expression_codes(self, resolution: int) -> torch.Tensor:
@@ -429,14 +480,17 @@ class Trainer:
         """
         if self._codes is None or self._codes.shape[-1] != resolution:
             self._codes = None  # free the previous stage's codes first
-            chunks = []
-            for start in range(0, len(self.data), CODE_CHUNK):
-                rows = torch.arange(start, min(start + CODE_CHUNK, len(self.data)))
+            n = len(self.data)
+            codes = torch.zeros(n, 3, resolution, resolution, dtype=torch.uint8, device=self.device)
+            chunk_starts = list(range(0, n, CODE_CHUNK))
+            first, last = self.dist.shard(len(chunk_starts))  # under torchrun each rank renders its chunks
+            for start in chunk_starts[first:last]:
+                rows = torch.arange(start, min(start + CODE_CHUNK, n))
                 pose = pose_to(self.data.poses(rows), self.device)
                 camera = camera_from_conditioning(pose.camera, resolution)
                 code = self.code_renderer(self.G.head, pose.condition, camera, resolution)
-                chunks.append((code.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8))
-            self._codes = torch.cat(chunks)
+                codes[start:start + len(rows)] = (code.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
+            self._codes = self.dist.all_reduce_sum(codes)  # each row is non-zero on one rank only: exact
         return self._codes
 
     def _d_input(self, rgb: torch.Tensor, rows: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -469,18 +523,19 @@ class Trainer:
         losses = StepLosses()
 
         # ---- discriminator
-        real_idx, pose_idx, z = self._draw(B)
+        real_idx = self._real_rows()
+        pose_idx, z = self._draw()
         real_pose = pose_to(self.data.poses(real_idx), self.device)
         fake_pose = pose_to(self.data.poses(pose_idx), self.device)
         real = self.data.images(real_idx, res).to(self.device)
-        with torch.no_grad():
+        with torch.no_grad(), self._noise():
             fake = render_generator(self.G, z.to(self.device), fake_pose, res, self.background, backend=cfg.backend)
         r1_step = self.step % cfg.losses.r1_interval == 0
         self.D.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
         real_rgb = real.detach().requires_grad_(r1_step)
-        d_real = self.D(self._d_input(self._faded(real_rgb, fade), real_idx, res), real_pose.camera)
-        d_fake = self.D(self._d_input(self._faded(fake.image, fade), pose_idx, res), fake_pose.camera)
+        d_real = self.D_step(self._d_input(self._faded(real_rgb, fade), real_idx, res), real_pose.camera)
+        d_fake = self.D_step(self._d_input(self._faded(fake.image, fade), pose_idx, res), fake_pose.camera)
         loss_d = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
         if r1_step:
             (grad,) = torch.autograd.grad(d_real.sum(), real_rgb, create_graph=True)
@@ -493,12 +548,13 @@ class Trainer:
         losses.d_fake = float(F.softplus(d_fake.detach()).mean())
 
         # ---- generator
-        _, pose_idx, z = self._draw(B)
+        pose_idx, z = self._draw()
         fake_pose = pose_to(self.data.poses(pose_idx), self.device)
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        fake = render_generator(self.G, z.to(self.device), fake_pose, res, self.background, backend=cfg.backend,
-                                update_w_avg=True)
+        with self._noise():
+            fake = self.G_step(z.to(self.device), fake_pose, res, self.background, backend=cfg.backend,
+                               update_w_avg=True)
         g_adv = F.softplus(
             -self.D(self._d_input(self._faded(fake.image, fade), pose_idx, res), fake_pose.camera)
         ).mean()
@@ -510,6 +566,7 @@ class Trainer:
             loss_g = loss_g + w.beta_opacity * regs["beta_opacity"]
         loss_g.backward()
         self.opt_g.step()
+        average_over_ranks(self.G.mapping.w_avg, self.dist)  # the global batch's running mean of w
         losses.g_adv = float(g_adv.detach())
         losses.regs = {k: float(v.detach()) for k, v in regs.items()}
 
@@ -547,7 +604,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        # the RNG of the GPU this process computes on (every rank's is the same: see training/parallel.py)
+        cuda = [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []
         return {
             "format": STATE_FORMAT, "version": STATE_VERSION,
             "config": self.cfg.to_dict(),
@@ -569,7 +627,9 @@ class Trainer:
         self.rng.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            saved = state["cuda_rng"]  # one state (this version) or one per visible GPU (earlier checkpoints)
+            index = self.device.index or 0
+            torch.cuda.set_rng_state(saved[0] if len(saved) == 1 else saved[min(index, len(saved) - 1)], self.device)
 
 
 # ------------------------------------------------------------------------------------- run folder
@@ -678,46 +738,67 @@ def read_run_config(paths: RunPaths) -> TrainConfig:
 
 def train(trainer: Trainer, paths: RunPaths, *, progress: bool = True, max_steps: int | None = None,
           on_step: Callable[[Trainer, StepLosses], None] | None = None) -> Trainer:
-    """Run the schedule from the trainer's position: logs, sample grids, checkpoints, time budget."""
+    """Run the schedule from the trainer's position: logs, sample grids, checkpoints, time budget.
+
+    Under torchrun every rank runs this loop; the losses are averaged over ranks, every rank stops after
+    the same step, and rank 0 alone writes the run folder (config, log, samples, checkpoints)."""
     from tqdm import tqdm
 
-    cfg = trainer.cfg
-    write_config(cfg, trainer, paths)
+    cfg, main = trainer.cfg, trainer.dist.is_main
+    if main:
+        write_config(cfg, trainer, paths)
     start = time.perf_counter()
     budget = None if cfg.max_minutes is None else cfg.max_minutes * 60.0
-    bar = tqdm(total=trainer.total_images, initial=trainer.images_seen, unit="img", disable=not progress,
+    bar = tqdm(total=trainer.total_images, initial=trainer.images_seen, unit="img", disable=not (progress and main),
                dynamic_ncols=True, smoothing=0.1)
     steps_here = 0
-    with paths.log.open("a") as log:
+    with paths.log.open("a") if main else contextlib.nullcontext() as log:
         while not trainer.finished:
             t0 = time.perf_counter()
             losses = trainer.train_step()
-            dt = time.perf_counter() - t0
             steps_here += 1
+            out_of_time = budget is not None and time.perf_counter() - start > budget
+            losses, out_of_time = _across_ranks(trainer, losses, out_of_time)
+            dt = time.perf_counter() - t0
             bar.update(cfg.batch)
-            record = {"step": trainer.step, "kimg": trainer.images_seen / 1000, "stage": trainer.stage_index,
-                      "sec": round(dt, 4), **{k: round(v, 5) for k, v in losses.as_dict().items()}}
-            log.write(json.dumps(record) + "\n")
+            if main:
+                record = {"step": trainer.step, "kimg": trainer.images_seen / 1000, "stage": trainer.stage_index,
+                          "sec": round(dt, 4), **{k: round(v, 5) for k, v in losses.as_dict().items()}}
+                log.write(json.dumps(record) + "\n")
             bar.set_postfix(D=f"{losses.d_real + losses.d_fake:.3f}", G=f"{losses.g_adv:.3f}",
                             stage=trainer.stage_index + 1, ips=f"{cfg.batch / max(dt, 1e-9):.0f}")
             if on_step is not None:
                 on_step(trainer, losses)
-            if cfg.sample_every and trainer.step % cfg.sample_every == 0:
+            if main and cfg.sample_every and trainer.step % cfg.sample_every == 0:
                 save_png(trainer.sample_grid(), paths.samples(trainer.step))
-            if cfg.checkpoint_every and trainer.step % cfg.checkpoint_every == 0:
+            if main and cfg.checkpoint_every and trainer.step % cfg.checkpoint_every == 0:
                 save_state(trainer, paths.state)
                 export_generator(trainer, paths.generator)
             if max_steps is not None and steps_here >= max_steps:
                 break
-            if budget is not None and time.perf_counter() - start > budget:
+            if out_of_time:
                 bar.write(f"time budget of {cfg.max_minutes:g} min reached at step {trainer.step}; "
                           "re-run with --resume to continue")
                 break
     bar.close()
-    save_state(trainer, paths.state)
-    export_generator(trainer, paths.generator)
-    save_png(trainer.sample_grid(), paths.samples(trainer.step))
+    if main:
+        save_state(trainer, paths.state)
+        export_generator(trainer, paths.generator)
+        save_png(trainer.sample_grid(), paths.samples(trainer.step))
+    trainer.dist.barrier()  # every rank leaves once the run folder is complete
     return trainer
+
+
+def _across_ranks(trainer: Trainer, losses: StepLosses, out_of_time: bool) -> tuple[StepLosses, bool]:
+    """The step's losses averaged over ranks, and whether any rank's time budget ran out (one collective)."""
+    if not trainer.dist.distributed:
+        return losses, out_of_time
+    keys = list(losses.as_dict())
+    values, out_of_time = mean_and_any([losses.as_dict()[k] for k in keys], out_of_time, trainer.dist, trainer.device)
+    mean = dict(zip(keys, values))
+    regs = {k: mean[k] for k in losses.regs}
+    return StepLosses(d_real=mean["d_real"], d_fake=mean["d_fake"], g_adv=mean["g_adv"], r1=mean.get("r1"),
+                      regs=regs), out_of_time
 
 
 def run_config(paths: RunPaths, cfg: TrainConfig, resume: bool) -> TrainConfig:
@@ -728,12 +809,13 @@ def run_config(paths: RunPaths, cfg: TrainConfig, resume: bool) -> TrainConfig:
     return replace(read_run_config(paths), max_minutes=cfg.max_minutes, device=cfg.device)
 
 
-def open_run(paths: RunPaths, cfg: TrainConfig, head: HeadModel, data: TrainingData, resume: bool) -> Trainer:
+def open_run(paths: RunPaths, cfg: TrainConfig, head: HeadModel, data: TrainingData, resume: bool,
+             dist: DistContext = SINGLE) -> Trainer:
     """A trainer for a new run, or for resuming the run in ``paths`` from its last checkpoint
-    (``cfg`` from :func:`run_config`)."""
+    (``cfg`` from :func:`run_config`; a run resumes at any world size that divides its global batch)."""
     if not resume and paths.state.exists():
         raise TrainingError(f"{paths.root} already holds a run: pass --resume to continue it, or choose another --out")
-    trainer = Trainer(cfg, head, data)
+    trainer = Trainer(cfg, head, data, dist=dist)
     if resume:
         trainer.load_state_dict(read_state(paths.state))
     return trainer

@@ -227,10 +227,14 @@ def bundle(
 ) -> None:
     """Extract AGORA-M (Gaussian blendshapes + coefficient MLP) from the generator and write one
     compact .agm bundle: neutral Gaussians per identity, shared bases, the MLP with each identity
-    folded into its first-layer bias, and a fidelity report measured on held-out expressions."""
+    folded into its first-layer bias, and a fidelity report measured on held-out expressions.
+
+    Under torchrun (`torchrun --nproc-per-node N --no-python agora-export bundle ...`) the N processes
+    share both passes over the samples (Gloo); rank 0 trains the MLP and writes the bundle."""
     import time
 
-    from agora_core.agora_m.extract import extract_agora_m
+    from agora_core.agora_m.extract import extract_agora_m, extraction_worker
+    from agora_core.types.distributed import distributed_session
     from agora_core.types.io import file_sha256, temp_sibling
     from exporter.agm.budget import StoreOptions, store_extraction
     from exporter.agm.write import StorageConfig
@@ -262,8 +266,12 @@ def bundle(
         prior="file" if prior_file else "auto",
         prior_file=str(prior_file) if prior_file else None,
     ).validate()
-    gen = model.load()
-    result = extract_agora_m(gen, config, progress=not quiet)
+    with distributed_session("cpu") as dist:  # the extraction computes on the CPU: Gloo between ranks
+        gen = model.load()
+        if not dist.is_main:
+            extraction_worker(gen, config, dist=dist)
+            return
+        result = extract_agora_m(gen, config, progress=not quiet, dist=dist)
     provenance = {"checkpoint_sha256": file_sha256(model.checkpoint) if model.checkpoint else None,
                   "init_seed": None if model.checkpoint else model.init_seed, "weights": gen.source}
     # write once, measure the stored (quantised/sparse) bundle, then write the file with its own report

@@ -3,6 +3,7 @@
     agora-train synth data/synth --num 20000 --seed 0          # built-in head, procedural textures
     agora-train run data/synth --out runs/builtin               # train (progress bar, samples, checkpoints)
     agora-train run data/synth --out runs/builtin --resume      # continue exactly where it stopped
+    torchrun --nproc-per-node 4 -m exporter.cli.train run data/synth --out runs/x --device cuda   # 4 GPUs
     agora-train export runs/builtin model.pt --half             # the generator for --checkpoint
     agora-train distill --out runs/builtin                      # the built-in model: distil the synthetic teacher
 
@@ -69,7 +70,8 @@ def run(
     ),
     preset: str = typer.Option(TRAIN.preset, help="Generator preset (see `agora-export presets`)."),
     head: HeadOpt = TRAIN.head,
-    batch: int = typer.Option(TRAIN.batch, min=2, help="Images per step (real and fake each)."),
+    batch: int = typer.Option(TRAIN.batch, min=2, help="Images per step (real and fake each) over all ranks: "
+                              "under torchrun each of the N processes takes batch / N."),
     stages: str | None = typer.Option(
         None,
         help="Schedule RESxGAUSSIANS:KIMG[+beta],... e.g. '64x4000:200,128x16000:300+beta' "
@@ -84,6 +86,8 @@ def run(
         TRAIN.backend, help="Rasterizer backend: auto (gsplat on CUDA when installed), torch, gsplat."
     ),
     max_minutes: float | None = typer.Option(None, min=0.0, help="Stop (with a checkpoint) after this many minutes."),
+    max_steps: int | None = typer.Option(None, min=1, help="Stop (with a checkpoint) after this many steps of this "
+                                         "invocation; --resume continues."),
     fade_kimg: float = typer.Option(
         TRAIN.fade_kimg,
         min=0.0,
@@ -106,15 +110,18 @@ def run(
     """Train the AGORA generator on a dataset (non-saturating GAN, R1, dual discrimination, EMA)."""
     from agora_core.heads.sources import load_head_model
     from agora_core.training.dataset import HeadImageDataset
+    from agora_core.training.parallel import per_rank_batch
     from agora_core.training.trainer import (
         DatasetSource,
         LossWeights,
         RunPaths,
         open_run,
         parse_stages,
+        resolve_device,
         run_config,
         train,
     )
+    from agora_core.types.distributed import distributed_session, launch_world_size
 
     paths = RunPaths(out)
     given = TrainConfig(
@@ -124,17 +131,23 @@ def run(
         max_minutes=max_minutes, fade_kimg=fade_kimg, init_from=str(init_from) if init_from else None,
     ).validate()
     cfg = run_config(paths, given, resume)
-    head_model = load_head_model(cfg.head)
-    resolution = max(s.resolution for s in cfg.resolved_stages())
-    dataset = DatasetSource(HeadImageDataset(cfg.data, resolution=resolution, head=head_model, preload=True))
-    trainer = open_run(paths, cfg, head_model, dataset, resume)
-    where = f"resuming at step {trainer.step} ({trainer.images_seen / 1000:.1f} kimg)" if resume else "new run"
-    typer.echo(f"{where}: {len(dataset):,} images, {trainer.G.num_gaussians:,} Gaussians, device {trainer.device}, "
-               f"{trainer.cfg.total_kimg:g} kimg in {len(trainer.stages)} stage(s) -> {out}")
-    start = time.perf_counter()
-    train(trainer, paths, progress=progress)
-    typer.echo(f"step {trainer.step}, {trainer.images_seen / 1000:.1f} kimg, {time.perf_counter() - start:.0f} s; "
-               f"generator: {paths.generator} (use with --checkpoint)")
+    local = per_rank_batch(cfg.batch, launch_world_size())  # a batch that does not split: one error, at once
+    with distributed_session(resolve_device(cfg.device).type) as dist:  # torchrun: one rank per process
+        head_model = load_head_model(cfg.head)
+        resolution = max(s.resolution for s in cfg.resolved_stages())
+        dataset = DatasetSource(HeadImageDataset(cfg.data, resolution=resolution, head=head_model, preload=True))
+        trainer = open_run(paths, cfg, head_model, dataset, resume, dist)
+        where = f"resuming at step {trainer.step} ({trainer.images_seen / 1000:.1f} kimg)" if resume else "new run"
+        ranks = f" x {dist.world_size} ranks ({dist.backend}, {local} images each)" if dist.distributed else ""
+        if dist.is_main:
+            typer.echo(f"{where}: {len(dataset):,} images, {trainer.G.num_gaussians:,} Gaussians, device "
+                       f"{trainer.device}{ranks}, {trainer.cfg.total_kimg:g} kimg in {len(trainer.stages)} stage(s) "
+                       f"-> {out}")
+        start = time.perf_counter()
+        train(trainer, paths, progress=progress, max_steps=max_steps)
+        if dist.is_main:
+            typer.echo(f"step {trainer.step}, {trainer.images_seen / 1000:.1f} kimg, "
+                       f"{time.perf_counter() - start:.0f} s; generator: {paths.generator} (use with --checkpoint)")
 
 
 def parse_counts(text: str) -> tuple[int, ...]:

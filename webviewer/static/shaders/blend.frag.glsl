@@ -8,7 +8,9 @@
 // bases the coefficients (int8: already multiplied by the per-basis scales) are fetched once and
 // shared by the group's components (no local arrays: dynamic indexing of those, or of a uniform
 // block, measured 2-3x slower under SwiftShader); each texel adds 16 (8) products with 4 (2) dot products. The
-// animated Gaussians go to three RGBA32UI targets as float bits.
+// animated Gaussians go to three RGBA32UI targets as float bits. With uSkipStatic the Gaussians no
+// group carries (their animated values are their neutral ones) are left as the last full run wrote
+// them: the pass then costs them one slot fetch.
 precision highp sampler2D;
 precision highp isampler2D;
 precision highp usampler2D;
@@ -41,6 +43,7 @@ uniform usampler2DArray uBasisOpacity;
 uniform ivec4 uTexelsPerComp;  // per group: packed texels per component
 uniform ivec4 uStart;          // per group: first coefficient (a multiple of 16)
 uniform int uCount;
+uniform bool uSkipStatic;      // the targets hold this identity's blend: leave uncarried Gaussians
 uniform float uScaleMin;
 uniform float uOpacityMin;
 uniform float uOpacityMax;
@@ -124,6 +127,8 @@ void main() {
     oQuat = uvec4(0u);
     return;
   }
+  ivec4 slot = texelFetch(uSlots, px, 0);
+  if (uSkipStatic && all(lessThan(slot, ivec4(0)))) discard;
 #ifdef NEUTRAL_QUANTIZED
   vec3 mean = uMeanOrigin + uMeanStep * vec3(texelFetch(uMeans, px, 0).xyz);
   vec3 scale = exp(uLogScaleOrigin + uLogScaleStep * vec3(texelFetch(uScales, px, 0).xyz));
@@ -135,7 +140,6 @@ void main() {
   vec4 quat = texelFetch(uQuats, px, 0);
   float opacity = texelFetch(uOpacities, px, 0).x;
 #endif
-  ivec4 slot = texelFetch(uSlots, px, 0);
   if (slot.x >= 0) mean += blendGroup(uBasisXyz, slot.x, 3, uTexelsPerComp.x, uStart.x).xyz;
   if (slot.y >= 0) scale += blendGroup(uBasisScale, slot.y, 3, uTexelsPerComp.y, uStart.y).xyz;
   if (slot.z >= 0) quat += blendGroup(uBasisRotation, slot.z, 4, uTexelsPerComp.z, uStart.z);

@@ -29,8 +29,9 @@ void cull() {
 
 void main() {
 #if defined(DRAW_INSTANCED)
-  int splat = gl_InstanceID;
-  int corner = gl_VertexID;               // 0..3 of a triangle strip
+  // QUADS_PER_INSTANCE quads per instance (4 vertices + 6 indices each, as "indexed")
+  int splat = gl_InstanceID * QUADS_PER_INSTANCE + (gl_VertexID >> 2);
+  int corner = gl_VertexID & 3;
 #elif defined(DRAW_INDEXED)
   int splat = gl_VertexID >> 2;           // index buffer: 4 vertices per quad, 6 indices
   int corner = gl_VertexID & 3;

@@ -40,6 +40,7 @@ export class Generator {
     this.programs = programsFor(gl, sources, data.quant, data.quantizedNeutral);
     this.vao = gl.createVertexArray();
     this.runs = 0;
+    this.wrote = null; // {identity, serial} of this generator's last blend into the animated targets
   }
 
   /** MLP + blend for the current parameter vector and identity (already uploaded); `blend: false`
@@ -112,6 +113,10 @@ export class Generator {
     gl.uniform4iv(b.u.uTexelsPerComp, d.basisTexels);
     gl.uniform4iv(b.u.uStart, d.layout.start);
     gl.uniform1i(b.u.uCount, d.count);
+    // Gaussians no group carries keep their neutral values: only a full run writes them (after the
+    // identity changed, or when something else - the bench page's baseline - wrote the targets)
+    const w = this.wrote;
+    gl.uniform1i(b.u.uSkipStatic, w && w.identity === d.identity && w.serial === d.animatedSerial ? 1 : 0);
     const c = d.bundle.constraints;
     gl.uniform1f(b.u.uScaleMin, c.scale_min);
     gl.uniform1f(b.u.uOpacityMin, c.opacity_min);
@@ -129,6 +134,7 @@ export class Generator {
     gl.bindFramebuffer(gl.FRAMEBUFFER, null);
     gl.bindVertexArray(null);
     d.animatedSerial++;
+    this.wrote = { identity: d.identity, serial: d.animatedSerial };
     this.runs++;
   }
 

@@ -8,7 +8,12 @@
 // "over" blending into the RGBA8 canvas. Three draw paths, chosen by a define:
 //   "indexed"   drawElements, 4 vertices + 6 indices per quad (shared corners, post-transform cache);
 //   "vertex"    drawArrays of 6 vertices per quad (no buffers at all);
-//   "instanced" drawArraysInstanced, a 4-vertex strip per instance.
+//   "instanced" drawElementsInstanced, QUADS_PER_INSTANCE quads per instance (the same index pattern):
+//               one instance per quad costs ~12 us each under SwiftShader (more than the splat's own
+//               work) and leaves most of a phone GPU's vertex wavefront idle.
+
+/** Quads per instance of the "instanced" path. */
+export const QUADS_PER_INSTANCE = 64;
 // None uses vertex attributes: everything comes from textures by gl_VertexID / gl_InstanceID.
 
 import { bindTexture, createProgram, loadShader, withDefines } from "./gl.js";
@@ -28,7 +33,8 @@ export async function loadSplatProgram(gl, drawPath) {
     if (!cache.has(key)) cache.set(key, make());
     return cache.get(key);
   };
-  const drawDefines = { ...SHADER_DEFINES, DRAW_INDEXED: drawPath === "indexed", DRAW_INSTANCED: drawPath === "instanced" };
+  const drawDefines = { ...SHADER_DEFINES, DRAW_INDEXED: drawPath === "indexed", DRAW_INSTANCED: drawPath === "instanced",
+    QUADS_PER_INSTANCE };
   const splat = (count) => createProgram(gl, withDefines(vs, drawDefines),
     withDefines(fs, { FRAGMENT_COUNT: count }), `splat (${drawPath}${count ? ", fragment count" : ""})`);
   const programs = {
@@ -63,11 +69,12 @@ export class SplatRenderer {
     this.far = 100.0;
     this.projectedFor = "";
     this.projections = 0;
-    if (drawPath === "indexed") {
+    if (drawPath !== "vertex") {
       gl.bindVertexArray(this.vao);
       this.indexBuffer = gl.createBuffer();
       gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.indexBuffer);
-      gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, quadIndices(data.count), gl.STATIC_DRAW);
+      gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, quadIndices(drawPath === "indexed" ? data.count : QUADS_PER_INSTANCE),
+        gl.STATIC_DRAW);
       gl.bindVertexArray(null);
     }
   }
@@ -155,7 +162,10 @@ export class SplatRenderer {
     gl.uniform2f(p.u.uViewport, view.width, view.height);
     gl.uniform1i(p.u.uSplatCount, count);
     if (this.drawPath === "indexed") gl.drawElements(gl.TRIANGLES, count * 6, gl.UNSIGNED_INT, 0);
-    else if (this.drawPath === "instanced") gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, count);
+    else if (this.drawPath === "instanced") {
+      gl.drawElementsInstanced(gl.TRIANGLES, QUADS_PER_INSTANCE * 6, gl.UNSIGNED_INT, 0,
+        Math.ceil(count / QUADS_PER_INSTANCE));
+    }
     else gl.drawArrays(gl.TRIANGLES, 0, count * 6);
     gl.bindVertexArray(null);
   }

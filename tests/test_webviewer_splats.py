@@ -1,0 +1,147 @@
+"""The viewer's splat pipeline in a real browser (headless Chromium, SwiftShader, loopback only):
+the projection pass and when it runs, the three draw paths, the depth order computed from the blend
+pass's own positions (read back asynchronously), and the blend pass that leaves uncarried Gaussians
+alone between full runs. Render parity with the project rasterizer is in test_webviewer_browser.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exporter.agm import read_agm, write_agm
+from exporter.agm.synthetic import synthetic_bundle
+from tests.support.browser import PageDriver, assert_loopback_only, make_site, psnr, save_png
+
+SIZE = 256
+# 3001 Gaussians: not a multiple of the instanced path's 64 quads per instance
+COUNT = 3001
+
+READ_ORDER = """() => {
+  const v = window.agora.viewer, gl = v.gl, t = v.data.order;
+  const fbo = gl.createFramebuffer();
+  gl.bindFramebuffer(gl.FRAMEBUFFER, fbo);
+  gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, t.tex, 0);
+  const px = new Uint32Array(t.width * t.height * 4);
+  gl.readPixels(0, 0, t.width, t.height, gl.RGBA_INTEGER, gl.UNSIGNED_INT, px);
+  gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+  gl.deleteFramebuffer(fbo);
+  const n = v.data.splatCount;
+  const order = [];
+  for (let i = 0; i < n; i++) order.push(px[i * 4]);
+  const view = v.camera.view(v.canvas.width, v.canvas.height);
+  return { order, forward: view.R[2], tz: view.t[2] };
+}"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    d = tmp_path_factory.mktemp("splat_bundles")
+    head = synthetic_bundle(COUNT, identities=2, ranks=(8, 8, 8, 4), hidden=(32,), names="arkit", seed=4,
+                            tiny_fraction=0.4)
+    write_agm(head, d / "head.agm", quant="int8", sparse_threshold=1e-3)
+    s = make_site({"head.agm": d / "head.agm"})
+    yield s
+    s.server.close()
+    assert_loopback_only(s.requests)
+
+
+@pytest.fixture
+def viewer(page, site):
+    drv = PageDriver(page, site)
+    yield drv
+    assert not drv.errors, f"uncaught page errors: {drv.errors}"
+
+
+def _params(bundle, seed: int) -> list[float]:
+    rng = np.random.default_rng(seed)
+    lo = np.array([p["min"] for p in bundle.parameters], np.float32)
+    hi = np.array([p["max"] for p in bundle.parameters], np.float32)
+    return (lo + (hi - lo) * rng.random(len(lo))).astype(np.float32).tolist()
+
+
+def _stats(viewer) -> dict:
+    return viewer.js("""() => { const v = window.agora.viewer;
+        return { projections: v.renderer.projections, animated: v.data.animatedSerial }; }""")
+
+
+def test_draw_paths_render_the_same_image(viewer, site):
+    """indexed (one quad per 4 vertices), vertex (6 vertices per quad) and instanced (64 quads per
+    instance, the last one partly empty) draw the same quads from the same projected splats."""
+    ref = read_agm(site.bundles["head.agm"])
+    images = {}
+    for draw in ("indexed", "vertex", "instanced"):
+        assert viewer.open(bundle="head.agm", size=f"{SIZE}x{SIZE}", draw=draw) == "ready"
+        assert viewer.js("() => window.agora.stats().drawPath") == draw
+        viewer.js("(p) => window.agora.setParams(p)", _params(ref, 1))
+        images[draw] = viewer.pixels()
+        save_png(images[draw], f"splats_draw_{draw}.png")
+        assert viewer.js("() => window.agora.stats().visible") == COUNT
+    assert images["indexed"].std() > 0.05  # a head, not a blank canvas
+    for draw in ("vertex", "instanced"):
+        assert np.abs(images[draw] - images["indexed"]).max() <= 1 / 255 + 1e-9, draw
+        assert psnr(images[draw], images["indexed"]) >= 60
+
+
+def test_projection_pass_runs_only_when_its_inputs_change(viewer, site):
+    ref = read_agm(site.bundles["head.agm"])
+    assert viewer.open(bundle="head.agm", size=f"{SIZE}x{SIZE}") == "ready"
+    viewer.js("() => { window.agora.pause(); return window.agora.settled(); }")
+    before = _stats(viewer)
+    viewer.js("() => { window.agora.renderOnce(); window.agora.renderOnce(); }")
+    assert _stats(viewer)["projections"] == before["projections"]  # redraws reuse the projected splats
+    viewer.js("() => { window.agora.viewer.camera.orbit(0.1, 0); window.agora.renderOnce(); }")
+    after_camera = _stats(viewer)
+    assert after_camera["projections"] == before["projections"] + 1
+    viewer.js("(p) => { window.agora.setParams(p); window.agora.renderOnce(); }", _params(ref, 2))
+    after_params = _stats(viewer)
+    assert after_params["animated"] == after_camera["animated"] + 1
+    assert after_params["projections"] == after_camera["projections"] + 1
+    # the fragment count (benchmarks): every kept fragment is a shaded one
+    frags = viewer.js("""() => { const v = window.agora.viewer;
+        return v.renderer.countFragments(v.camera.view(v.canvas.width, v.canvas.height)); }""")
+    assert frags is not None and 0 < frags["kept"] <= frags["shaded"]
+
+
+def _order_violations(order: np.ndarray, means: np.ndarray, forward, tz: float) -> int:
+    """Adjacent pairs of a back-to-front order more out of depth order than one 16-bit key step."""
+    z = means[order] @ np.asarray(forward, np.float64) + tz
+    step = (z.max() - z.min()) / 65535
+    return int(np.sum(z[1:] > z[:-1] + 1.01 * step))
+
+
+def test_depth_order_follows_the_animated_positions(viewer, site):
+    """The worker sorts the blend pass's own positions (read back from the GPU): after settling, the
+    order is back to front for the animated means - and not for the neutral ones."""
+    ref = read_agm(site.bundles["head.agm"])
+    assert viewer.open(bundle="head.agm", size=f"{SIZE}x{SIZE}") == "ready"
+    for identity, seed in ((0, 3), (1, 4)):
+        viewer.js("([p, i]) => { window.agora.setIdentity(i); window.agora.setParams(p); }",
+                  [_params(ref, seed), identity])
+        viewer.js("() => window.agora.settled()")
+        got = viewer.js(READ_ORDER)
+        order = np.array(got["order"], np.int64)
+        assert sorted(order.tolist()) == list(range(COUNT))
+        animated = viewer.blended()["means"].reshape(COUNT, 3).astype(np.float64)
+        assert _order_violations(order, animated, got["forward"], got["tz"]) == 0
+        neutral = ref.identities[identity].neutral.means.numpy().astype(np.float64)
+        assert _order_violations(order, neutral, got["forward"], got["tz"]) > 0
+
+
+def test_blend_keeps_uncarried_gaussians_across_identity_changes(viewer, site):
+    """Animation runs after the first one skip the Gaussians no group carries (their values stay
+    from the last full run); an identity change runs in full again - also back to identity 0."""
+    ref = read_agm(site.bundles["head.agm"])
+    assert viewer.open(bundle="head.agm") == "ready"
+    carried = np.zeros(COUNT, bool)
+    for basis in ref.bases.values():
+        if basis.rank:
+            carried[np.arange(COUNT) if basis.index is None else basis.index] = True
+    assert 0 < carried.sum() < COUNT  # the test needs both kinds
+    for k, identity in enumerate((0, 0, 1, 1, 0)):
+        params = _params(ref, 10 + k)
+        viewer.js("([p, i]) => { window.agora.setIdentity(i); window.agora.setParams(p); }", [params, identity])
+        got = viewer.blended()
+        want = ref.animate_arrays(np.array(params, np.float32), identity)
+        np.testing.assert_allclose(got["means"].reshape(COUNT, 3), want["means"], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got["scales"].reshape(COUNT, 3), want["scales"], atol=1e-7, rtol=1e-5)
+        np.testing.assert_allclose(got["opacities"], want["opacities"][:, 0], atol=2e-6, rtol=0)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from agora_core.types.io import atomic_write
-from benchmarks.common import RESULTS_DIR, command_line, markdown_table, write_results
+from benchmarks.common import RESULTS_DIR, agora_bundle, command_line, markdown_table, write_results
 
 TARGET_SPEEDUP = 200.0
 TARGET_FRAME_RATIO = 1.15
@@ -37,20 +37,11 @@ NAME = "browser_bench"
 
 def make_bundle(args: argparse.Namespace, folder: Path) -> Path:
     """``agora-export bundle`` for ``--preset`` (cached in ``folder`` by its settings)."""
-    from typer.testing import CliRunner
-
-    from exporter.cli.export import app
-
     path = folder / f"{args.preset}_s{args.samples}_k{args.rank}_e{args.epochs}.agm"
     if path.exists():
         return path
-    cmd = ["bundle", "--preset", args.preset, "--seed", "42", "--samples", str(args.samples), "--rank", str(args.rank),
-           "--epochs", str(args.epochs), "--quiet", str(path)]
-    result = CliRunner().invoke(app, cmd)
-    if result.exit_code != 0:
-        raise SystemExit(f"agora-export {' '.join(cmd)} failed:\n{result.output}")
-    print(result.output.strip(), flush=True)
-    return path
+    return agora_bundle(["--preset", args.preset, "--seed", "42", "--samples", str(args.samples), "--rank",
+                         str(args.rank), "--epochs", str(args.epochs), "--quiet"], path)
 
 
 def run_page(bundle: Path, baseline, args: argparse.Namespace) -> dict:

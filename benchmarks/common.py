@@ -72,3 +72,18 @@ def command_line(module: str, argv: Sequence[str]) -> str:
             return path.name
 
     return " ".join(["python -m", module, *(portable(a) for a in argv)])
+
+
+def agora_bundle(options: Sequence[str], path: Path) -> Path:
+    """Run ``agora-export bundle OPTIONS PATH`` in this process (SystemExit with its output if it fails)."""
+    from typer.testing import CliRunner
+
+    from exporter.cli.export import app
+
+    cmd = ["bundle", *options, str(path)]
+    result = CliRunner().invoke(app, cmd)
+    if result.exit_code != 0:
+        raise SystemExit(f"agora-export {' '.join(cmd)} failed:\n{result.output}")
+    if result.output.strip():
+        print(result.output.strip(), flush=True)
+    return path

@@ -1,180 +1,304 @@
-"""Frame time of the WebGL2 viewer: an animated frame against a static frame of the same Gaussians.
+"""Frame time of the WebGL2 viewer: per-splat cost, full frames, animated against static frames.
 
 Run with ``python -m benchmarks.viewer_frame`` (``--help`` for options; needs Playwright and the
-Debian ``chromium`` package). For each Gaussian count (default ~65K and ~262K) a synthetic bundle
-shaped like ``agora-export bundle``'s output (rank 64 per group, int8, sparse at 0.002, MLP
-57 -> 256 -> 512 -> 256) is served on 127.0.0.1 and opened in headless Chromium with the
-loopback-only flags; then, in rounds that interleave the modes, the page times
+Debian ``chromium`` package). For each Gaussian count (default 16K - the model's own count - 65K and
+235K) a bundle made by ``agora-export bundle --seed 42 [--gaussians N]`` (cached in ``--workdir``;
+or given with ``--bundles``) is served on 127.0.0.1 and opened in headless Chromium with the
+loopback-only flags, at each ``--sizes`` and ``--draw`` path. ``--baseline-rev REV`` serves the
+viewer of another git revision (its ``webviewer/static``, from ``git archive``) beside the current
+one, and the rounds alternate between the two pages, so that their ratios come from one run on the
+same (shared, noisy) machine. In rounds that interleave the modes, ``benchmarks/viewer_frame_page.js``
+times (each frame ended by a 1-pixel ``readPixels``: ``gl.finish`` does not wait under SwiftShader)
 
-* **static**: one splat pass (the cost of an idle avatar);
-* **animated**: new parameters, the MLP passes and the blend pass, then the splat pass;
-* **blend**: the MLP and blend passes alone;
+* **scissor**: a small camera move, then the splat rendering with a 1-pixel scissor: the per-splat
+  work alone (projection pass + vertex stage; almost no fragments);
+* **full**: the same with the whole canvas;
+* **redraw**: the splat rendering again with nothing changed (the idle cost, where a frame is drawn);
+* **orbit** and **animated**: the viewer's frame loop (``renderOnce``: animation if needed, sort
+  request to the worker, rendering; one macrotask between frames so orders arrive), each frame
+  moving the camera (orbit) or setting new expression parameters (animated); the figure is the
+  wall-clock interval per frame, so the worker's position update and sort count where they compete
+  for the CPU. ``animated / orbit`` is the cost of animating on top of a frame that is drawn anyway;
+* **blend**: new expression parameters, the MLP and blend passes alone;
 
-each frame ended by a 1-pixel ``readPixels`` (honest GPU completion: ``gl.finish`` does not wait
-under SwiftShader). The depth sort runs in a Web Worker and is in neither frame; its time (xyz
-blend on the CPU + counting sort) is reported separately. Prints a table and writes
+and counts the fragments of one full frame (shaded and kept; the current viewer only). With
+``--peer-dir`` the peer renderer antimatter15/splat (a manual download, see
+:mod:`benchmarks.peer_splat`) renders the same neutral avatar with the same camera and canvas in the
+same rounds: its scissor and full frames (its instanced draw). Prints a table and writes
 ``benchmarks/results/viewer_frame.json``.
 
-Headless Chromium here renders WebGL2 with SwiftShader on the CPU: the absolute numbers are
-CPU-rasteriser numbers, and the animated/static ratio is what carries over (roughly) to phones,
-where the splat pass (fill rate) dominates even more.
+Headless Chromium here renders WebGL2 with SwiftShader on the CPU: absolute numbers are CPU-rasteriser
+numbers; per-splat and per-fragment costs and their ratios are what carry over (roughly) to phones.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import platform
 import statistics
+import subprocess
+import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
-from agora_core.agora_m.coefficient_mlp import MLPTrainConfig
-from agora_core.types.spec import GROUP_NAMES
-from benchmarks.common import write_results
-from exporter.agm import write_agm
-from exporter.agm.synthetic import synthetic_bundle
-from webviewer.headless import CHROMIUM_FLAGS, chromium_path, launch_chromium, serve_in_thread
-from webviewer.server import create_app
+from benchmarks import peer_splat
+from benchmarks.common import REPO_ROOT, agora_bundle, command_line, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "viewer_frame.json"
+PAGE_JS = Path(__file__).resolve().with_name("viewer_frame_page.js")
+MODES = ("scissor", "full", "redraw", "orbit", "animated", "blend")
+PEER_MODES = ("scissor", "full")
+MODEL_COUNT = 16_008  # the built-in model's own count: `agora-export bundle` without --gaussians
 
 
-def make_bundle(count: int, rank: int, hidden: tuple[int, ...], quant: str, sparse: float | None, folder: Path) -> Path:
-    path = folder / f"bench_{count}_{rank}_{quant}_{sparse}.agm"
+@dataclass(frozen=True)
+class Variant:
+    """One viewer under test: a label and the base URL of the server that serves its files."""
+
+    label: str
+    url: str
+
+
+def bundle_for(count: int, folder: Path) -> Path:
+    """``agora-export bundle --seed 42`` at about ``count`` Gaussians (cached in ``folder``)."""
+    path = folder / f"seed42_{count}.agm"
     if not path.exists():
-        b = synthetic_bundle(
-            count, identities=1, ranks=(rank,) * len(GROUP_NAMES), hidden=hidden, names="arkit", seed=0
-        )
-        write_agm(b, path, quant=quant, sparse_threshold=sparse)
+        agora_bundle(["--seed", "42", *([] if count == MODEL_COUNT else ["--gaussians", str(count)]), "--quiet"], path)
     return path
 
 
-def measure(page, url: str, args) -> dict:
+def static_tree(rev: str, folder: Path) -> Path:
+    """``webviewer/static`` of git revision ``rev``, extracted under ``folder``."""
+    out = folder / f"static-{rev.replace('/', '_')}"
+    if not out.exists():
+        archive = subprocess.run(["git", "archive", "--format=tar", rev, "webviewer/static"], cwd=REPO_ROOT,
+                                 check=True, capture_output=True).stdout
+        tmp = Path(tempfile.mkdtemp(dir=folder))
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        (tmp / "webviewer" / "static").rename(out)
+    return out
+
+
+def open_viewer(page, url: str) -> float:
+    """Open the viewer at ``url`` and wait until its bundle is ready and sorted; seconds taken."""
     t0 = time.perf_counter()
     page.goto(url)
-    page.wait_for_function("() => window.agora && ['ready', 'error'].includes(window.agora.state)", timeout=600_000)
-    load_s = time.perf_counter() - t0
+    page.wait_for_function("() => window.agora && ['ready', 'error'].includes(window.agora.state)", timeout=900_000)
     if page.evaluate("() => window.agora.state") != "ready":
         raise RuntimeError(page.evaluate("() => window.agora.error"))
-    page.evaluate("() => window.agora.pause()")
-    times = {"static": [], "animated": [], "blend": []}
-    for _ in range(args.rounds):
-        for mode in times:
-            times[mode] += page.evaluate("(o) => window.agora.bench(o)",
-                                         {"frames": args.frames, "mode": mode, "warmup": args.warmup})
-    sorts = page.evaluate("(n) => window.agora.benchSort(n)", 3)
-    stats = page.evaluate("() => window.agora.stats()")
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "load_s": round(load_s, 2),
-        "gpu_bytes": stats["gpuBytes"],
-        "visible": stats["visible"],
-        "static_ms": round(med["static"], 2),
-        "animated_ms": round(med["animated"], 2),
-        "blend_ms": round(med["blend"], 2),
-        "ratio": round(med["animated"] / med["static"], 3),
-        "static_runs_ms": [round(t, 2) for t in times["static"]],
-        "animated_runs_ms": [round(t, 2) for t in times["animated"]],
-        "blend_runs_ms": [round(t, 2) for t in times["blend"]],
-        "worker_blend_ms": round(statistics.median(s["blendMs"] for s in sorts), 1),
-        "worker_sort_ms": round(statistics.median(s["sortMs"] for s in sorts), 1),
-    }
+    page.evaluate("() => window.agora.settled()")
+    return time.perf_counter() - t0
+
+
+def summarise(samples: dict[str, list[float]]) -> dict:
+    med = {m: statistics.median(v) for m, v in samples.items()}
+    out = {f"{m}_ms": round(v, 2) for m, v in med.items()}
+    out["animated_over_orbit"] = round(med["animated"] / med["orbit"], 3)
+    out["animated_over_redraw"] = round(med["animated"] / med["redraw"], 3)
+    out["runs_ms"] = {m: [round(t, 2) for t in v] for m, v in samples.items()}
+    return out
+
+
+def measure(pages: dict[str, object], peer: dict[str, list[float]] | None, args: argparse.Namespace) -> dict[str, dict]:
+    """Rounds of the modes, each mode timed on every variant's page in turn; with ``peer``
+    ({"page": PeerPage, "scissor": [...], "full": [...]}) its frames join each round."""
+    script = PAGE_JS.read_text()
+    samples = {label: {m: [] for m in MODES} for label in pages}
+    for r in range(args.rounds):
+        for mode in MODES:
+            for label, page in pages.items():
+                samples[label][mode] += page.evaluate(script, {"mode": mode, "frames": args.frames,
+                                                               "warmup": args.warmup, "round": r})
+            if peer and mode in PEER_MODES:
+                peer[mode] += peer["page"].time(mode, args.frames, args.warmup)
+    out = {}
+    for label, page in pages.items():
+        stats = page.evaluate("() => window.agora.stats()")
+        out[label] = {"visible": stats["visible"], "gpu_bytes": stats["gpuBytes"],
+                      "fragments": page.evaluate(script, {"count": True}), **summarise(samples[label])}
+    return out
+
+
+def peer_summary(peer: dict) -> dict:
+    """The peer's row: its scissor and full medians (the other modes do not apply: no animation)."""
+    out: dict = {f"{m}_ms": None for m in MODES} | {"animated_over_orbit": None, "animated_over_redraw": None}
+    out |= {f"{m}_ms": round(statistics.median(peer[m]), 2) for m in PEER_MODES}
+    runs = {m: [round(t, 2) for t in peer[m]] for m in PEER_MODES}
+    return out | {"fragments": None, "visible": None, "runs_ms": runs}
+
+
+def ratios(rows: Sequence[dict], baseline: str) -> list[dict]:
+    """Current / baseline per count, size and draw path (scissor, full, redraw, orbit, animated)."""
+    out = []
+    for r in rows:
+        if r["variant"] != "current":
+            continue
+        same = ("gaussians", "width", "height", "draw_path")
+        b = next((x for x in rows if x["variant"] == baseline and all(x[k] == r[k] for k in same)), None)
+        if b:
+            out.append({k: r[k] for k in same}
+                       | {f"{m}_ratio": round(r[f"{m}_ms"] / b[f"{m}_ms"], 3) for m in MODES})
+    return out
+
+
+def renderer_name(page) -> str:
+    return page.evaluate("""() => {
+        const gl = document.createElement('canvas').getContext('webgl2');
+        const e = gl.getExtension('WEBGL_debug_renderer_info');
+        return e ? gl.getParameter(e.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER); }""")
 
 
 def run(args: argparse.Namespace) -> dict:
     from playwright.sync_api import sync_playwright
+
+    from webviewer.headless import CHROMIUM_FLAGS, chromium_path, launch_chromium, serve_in_thread
+    from webviewer.server import create_app
 
     if chromium_path() is None:
         raise SystemExit("no Chromium binary: apt-get install chromium (or set AGORA_CHROMIUM)")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="agora_viewer_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
-    hidden = tuple(int(h) for h in args.hidden.split(","))
-    sparse = None if args.sparse <= 0 else args.sparse
-    bundles = {}
-    for count in args.counts:
+    bundles = list(args.bundles) if args.bundles else []
+    for count in [] if args.bundles else args.counts:
         t0 = time.perf_counter()
-        bundles[count] = make_bundle(count, args.rank, hidden, args.quant, sparse, folder)
-        print(f"bundle {bundles[count].name}: {bundles[count].stat().st_size / 1e6:.1f} MB "
-              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        bundles.append(bundle_for(count, folder))
+        size_mb = bundles[-1].stat().st_size / 1e6
+        print(f"bundle {bundles[-1].name}: {size_mb:.1f} MB ({time.perf_counter() - t0:.1f} s)", flush=True)
+    trees = {"current": static_tree(args.current_rev, folder) if args.current_rev else None}
+    if args.baseline_rev:
+        trees[args.baseline_rev] = static_tree(args.baseline_rev, folder)
     rows = []
-    app = create_app(list(bundles.values()))
-    with serve_in_thread(app) as srv, sync_playwright() as p:
+    peer_files = None
+    with ExitStack() as stack, sync_playwright() as p:
+        variants = [Variant(label, stack.enter_context(serve_in_thread(
+            create_app(bundles) if tree is None else create_app(bundles, static_dir=tree))).url)
+            for label, tree in trees.items()]
+        peer_url = None
+        if args.peer_dir:
+            peer_files = peer_splat.check_peer_dir(args.peer_dir)
+            splats = {f"{b.stem}.splat": peer_splat.splat_bytes(b) for b in bundles}
+            peer_url = stack.enter_context(serve_in_thread(peer_splat.peer_app(args.peer_dir, splats))).url
         browser = launch_chromium(p)
-        renderer = None
         try:
-            for count, path in bundles.items():
-                for (width, height), draw in [(size, draw) for size in args.sizes for draw in args.draw]:
-                    page = browser.new_page(viewport={"width": 800, "height": 600})
-                    url = f"{srv.url}?bundle={path.name}&size={width}x{height}&draw={draw}"
-                    if renderer is None:
-                        page.goto(srv.url + "static/index.html")
-                        renderer = page.evaluate("""() => {
-                            const gl = document.createElement('canvas').getContext('webgl2');
-                            const e = gl.getExtension('WEBGL_debug_renderer_info');
-                            return e ? gl.getParameter(e.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER); }""")
-                    row = {"gaussians": count, "draw_path": draw, "width": width, "height": height,
-                           **measure(page, url, args)}
-                    page.close()
+            first = browser.new_page()
+            first.goto(variants[0].url + "static/index.html")
+            renderer = renderer_name(first)
+            first.close()
+            for path, (width, height) in [(path, size) for path in bundles for size in args.sizes]:
+                peer = None
+                for draw in args.draw:
+                    pages, load_s = {}, {}
+                    for v in variants:
+                        pages[v.label] = browser.new_page(viewport={"width": 800, "height": 600})
+                        pages[v.label].set_default_timeout(3_600_000)
+                        load_s[v.label] = open_viewer(pages[v.label],
+                                                      f"{v.url}?bundle={path.name}&size={width}x{height}&draw={draw}")
+                    gaussians = pages["current"].evaluate("() => window.agora.stats().gaussians")
+                    if peer_url and peer is None:
+                        view = pages["current"].evaluate(f"() => window.agora.viewer.camera.view({width}, {height})")
+                        peer = {"page": peer_splat.PeerPage(browser, peer_url, f"{path.stem}.splat", view, gaussians),
+                                **{m: [] for m in PEER_MODES}}
+                        peer["page"].screenshot(folder / f"peer_{path.stem}_{width}x{height}.png")
+                        pages["current"].screenshot(path=str(folder / f"viewer_{path.stem}_{width}x{height}.png"))
+                    for label, res in measure(pages, peer, args).items():
+                        row = {"bundle": path.name, "gaussians": gaussians, "variant": label, "draw_path": draw,
+                               "width": width, "height": height, "load_s": round(load_s[label], 1), **res}
+                        rows.append(row)
+                        print(row_line(row), flush=True)
+                    for page in pages.values():
+                        page.close()
+                if peer:
+                    peer["page"].close()
+                    row = {"bundle": path.name, "gaussians": gaussians, "variant": peer_splat.LABEL,
+                           "draw_path": "instanced", "width": width, "height": height,
+                           "load_s": round(peer["page"].load_s, 1), **peer_summary(peer)}
                     rows.append(row)
-                    print(
-                        f"{count:>8,} {draw:>9} {width}x{height}: static {row['static_ms']:8.1f} ms  "
-                        f"animated {row['animated_ms']:8.1f} ms"
-                        f"  (x{row['ratio']:.2f})  MLP+blend {row['blend_ms']:7.1f} ms",
-                        flush=True,
-                    )
+                    print(row_line(row), flush=True)
         finally:
             browser.close()
     return {
-        "benchmark": "viewer_frame",
-        "description": "median ms per frame, each ended by a 1-pixel readPixels; animated = new parameters + "
-                       "MLP passes + blend pass + splat pass; static = splat pass; blend = MLP + blend passes",
+        "description": "median ms per frame, each ended by a 1-pixel readPixels (modes: see the module docstring); "
+                       "fragments: one full frame, shaded (rasterised) and kept (alpha >= 1/255)",
         "browser": "Debian chromium (headless), WebGL2 via ANGLE + SwiftShader (CPU)",
         "renderer": renderer,
         "chromium_flags": list(CHROMIUM_FLAGS),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
-        "bundle": {"rank_per_group": args.rank, "mlp_hidden": list(hidden), "quant": args.quant,
-                   "sparse_threshold": sparse, "parameters": 57},
-        "settings": {"frames": args.frames, "warmup": args.warmup, "rounds": args.rounds},
+        "command": command_line("benchmarks.viewer_frame", args.argv),
+        "machine_detail": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+        "settings": {"frames": args.frames, "warmup": args.warmup, "rounds": args.rounds,
+                     "baseline_rev": args.baseline_rev, "current_rev": args.current_rev},
+        "peer": {"renderer": peer_splat.LABEL, "files_sha256": peer_files} if args.peer_dir else None,
         "results": rows,
+        "ratios_vs_baseline": ratios(rows, args.baseline_rev) if args.baseline_rev else [],
     }
 
 
+def num(value: float | None, spec: str) -> str:
+    """``value`` formatted, or "-" (a figure that does not apply) right-aligned to the same width."""
+    width = int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
+    return f"{value:{spec}}" if value is not None else f"{'-':>{width}}"
+
+
+def row_line(r: dict) -> str:
+    frags = r["fragments"]
+    return (f"{r['gaussians']:>8,} {r['draw_path']:>9} {r['width']}x{r['height']} {r['variant']:>10}: "
+            + " ".join(f"{m} {num(r[f'{m}_ms'], '7.1f')}" for m in MODES)
+            + f"  anim/orbit {num(r['animated_over_orbit'], '.2f')} anim/redraw {num(r['animated_over_redraw'], '.2f')}"
+            + f" shaded {num(frags and frags['shaded'] / 1e6, '.2f')}M")
+
+
 def table(report: dict) -> str:
-    lines = [f"viewer frame time ({report['browser']}; renderer: {report['renderer']})",
-             f"{'Gaussians':>10} {'draw path':>10} {'size':>9} {'static ms':>10} {'animated ms':>12} {'ratio':>6} "
-             f"{'MLP+blend ms':>13} {'worker sort ms':>15}"]
+    lines = [f"viewer frame time, ms ({report['browser']}; renderer: {report['renderer']})",
+             f"{'Gaussians':>10} {'path':>9} {'size':>8} {'viewer':>10} " + " ".join(f"{m:>9}" for m in MODES)
+             + f" {'anim/orbit':>10} {'anim/redraw':>11} {'shaded':>8} {'kept':>8}"]
     for r in report["results"]:
-        lines.append(f"{r['gaussians']:>10,} {r['draw_path']:>10} {str(r['width']) + 'x' + str(r['height']):>9} "
-                     f"{r['static_ms']:>10.1f} {r['animated_ms']:>12.1f} {r['ratio']:>6.2f} {r['blend_ms']:>13.1f} "
-                     f"{r['worker_blend_ms'] + r['worker_sort_ms']:>15.1f}")
+        fr = r["fragments"]
+        lines.append(f"{r['gaussians']:>10,} {r['draw_path']:>9} {r['width']}x{r['height']:<4} {r['variant']:>10} "
+                     + " ".join(num(r[f"{m}_ms"], ">9.1f") for m in MODES)
+                     + f" {num(r['animated_over_orbit'], '>10.2f')} {num(r['animated_over_redraw'], '>11.2f')}"
+                     + (f" {fr['shaded'] / 1e6:>7.2f}M {fr['kept'] / 1e6:>7.2f}M" if fr else f" {'-':>8} {'-':>8}"))
+    if report["ratios_vs_baseline"]:
+        lines += ["", f"current / {report['settings']['baseline_rev']} (same run):",
+                  f"{'Gaussians':>10} {'path':>9} {'size':>8} " + " ".join(f"{m:>9}" for m in MODES)]
+        for r in report["ratios_vs_baseline"]:
+            lines.append(f"{r['gaussians']:>10,} {r['draw_path']:>9} {r['width']}x{r['height']:<4} "
+                         + " ".join(f"{r[f'{m}_ratio']:>9.3f}" for m in MODES))
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
-        description="Animated vs static frame time of the WebGL2 viewer (headless Chromium)."
-    )
-    parser.add_argument("--counts", type=int, nargs="+", default=[65_536, 262_144], help="Gaussian counts")
-    parser.add_argument("--rank", type=int, default=64, help="blendshapes per group")
-    parser.add_argument("--hidden", default=",".join(map(str, MLPTrainConfig.hidden)), help="MLP hidden widths")
-    parser.add_argument("--quant", choices=["int8", "fp16"], default="int8")
-    parser.add_argument("--sparse", type=float, default=0.002, help="sparse threshold (0: dense)")
-    parser.add_argument("--draw", nargs="+", default=["indexed"], choices=["indexed", "vertex", "instanced"],
-                        help="draw path(s) of the splat pass")
-    parser.add_argument("--sizes", nargs="+", default=["512x512", "780x940"],
+def main(argv: Sequence[str] | None = None) -> dict:
+    import sys
+
+    parser = argparse.ArgumentParser(description="Per-splat, full-frame and animated frame time of the WebGL2 viewer "
+                                                 "(headless Chromium, SwiftShader).")
+    parser.add_argument("--counts", type=int, nargs="+", default=[MODEL_COUNT, 65_000, 235_000],
+                        help=f"Gaussian counts of the bundles to make ({MODEL_COUNT:,}: the model's own)")
+    parser.add_argument("--bundles", type=Path, nargs="+", help="existing .agm bundles instead of --counts")
+    parser.add_argument("--draw", nargs="+", default=["indexed", "instanced"],
+                        choices=["indexed", "vertex", "instanced"], help="draw path(s) of the splat pass")
+    parser.add_argument("--sizes", nargs="+", default=["780x940"],
                         help="drawing-buffer sizes WxH (780x940: a phone's portrait canvas at 2x pixel ratio)")
-    parser.add_argument("--frames", type=int, default=2, help="timed frames per mode and round")
+    parser.add_argument("--baseline-rev", help="also time the viewer of this git revision, in the same rounds")
+    parser.add_argument("--current-rev", help="time this revision's viewer as 'current' (default: the working tree)")
+    parser.add_argument("--peer-dir", type=Path,
+                        help="a clone of github.com/antimatter15/splat (manual step: benchmarks/peer_splat.py)")
+    parser.add_argument("--frames", type=int, default=3, help="timed frames per mode and round")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds interleaving the modes")
-    parser.add_argument("--workdir", help="where to keep the generated bundles (default: a temporary folder)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds interleaving the modes (and the viewers)")
+    parser.add_argument("--workdir", help="where to keep the generated bundles and trees (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
     except ValueError:
-        parser.error("--sizes takes WxH values, e.g. 512x512")
+        parser.error("--sizes takes WxH values, e.g. 780x940")
     report = run(args)
     print(table(report))
     print(f"wrote {write_results('viewer_frame', report, args.out)}")

@@ -10,7 +10,7 @@ import pytest
 
 from exporter.agm import read_agm, write_agm
 from exporter.agm.synthetic import synthetic_bundle
-from tests.support.browser import PageDriver, assert_loopback_only, make_site, psnr, save_png
+from tests.support.browser import driven, psnr, save_png, served
 
 SIZE = 256
 # 3001 Gaussians: not a multiple of the instanced path's 64 quads per instance
@@ -39,17 +39,14 @@ def site(tmp_path_factory):
     head = synthetic_bundle(COUNT, identities=2, ranks=(8, 8, 8, 4), hidden=(32,), names="arkit", seed=4,
                             tiny_fraction=0.4)
     write_agm(head, d / "head.agm", quant="int8", sparse_threshold=1e-3)
-    s = make_site({"head.agm": d / "head.agm"})
-    yield s
-    s.server.close()
-    assert_loopback_only(s.requests)
+    with served({"head.agm": d / "head.agm"}) as s:
+        yield s
 
 
 @pytest.fixture
 def viewer(page, site):
-    drv = PageDriver(page, site)
-    yield drv
-    assert not drv.errors, f"uncaught page errors: {drv.errors}"
+    with driven(page, site) as drv:
+        yield drv
 
 
 def _params(bundle, seed: int) -> list[float]:

@@ -18,6 +18,8 @@ import base64
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -156,6 +158,25 @@ class PageDriver:
     def blended(self) -> dict[str, np.ndarray]:
         raw = self.js("() => window.agora.readBlended()")
         return {k: np.frombuffer(base64.b64decode(v), np.float32) for k, v in raw.items()}
+
+
+@contextmanager
+def served(bundles: dict[str, Path]) -> Iterator[Site]:
+    """A site serving ``bundles`` (module fixtures), closed afterwards; every request it saw went to 127.0.0.1."""
+    site = make_site(bundles)
+    try:
+        yield site
+    finally:
+        site.server.close()
+    assert_loopback_only(site.requests)
+
+
+@contextmanager
+def driven(page, site: Site) -> Iterator[PageDriver]:
+    """A PageDriver for a test; the page raised no uncaught error."""
+    drv = PageDriver(page, site)
+    yield drv
+    assert not drv.errors, f"uncaught page errors: {drv.errors}"
 
 
 @pytest.fixture

@@ -220,10 +220,12 @@ export class Viewer {
     this.renderOnce();
     if (!this.data) return;
     const [w, h] = this.drawingSize();
-    while (!this.readback.current) {
+    const data = this.data;
+    while (this.data === data && !this.readback.current) {
       await new Promise((resolve) => setTimeout(resolve, 1));
-      this.requestSort(this.camera.view(w, h));
+      if (this.data === data) this.requestSort(this.camera.view(w, h));
     }
+    if (this.data !== data) return; // another bundle was opened meanwhile
     this.requestSort(this.camera.view(w, h));
     await this.sorter.settled();
     this.renderOnce();

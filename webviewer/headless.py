@@ -46,12 +46,15 @@ def chromium_path() -> str | None:
     return found
 
 
-def launch_chromium(playwright, **kwargs):
-    """``playwright.chromium.launch`` on the system binary with every loopback-only flag."""
+def launch_chromium(playwright, extra_args: tuple[str, ...] = (), **kwargs):
+    """``playwright.chromium.launch`` on the system binary with every loopback-only flag (and
+    ``extra_args``, e.g. the fake camera's); ``playwright`` may also be a browser type, such as a
+    running browser's ``browser_type`` (a second browser in the same Playwright session)."""
     path = chromium_path()
     if path is None:
         raise RuntimeError("no Chromium binary found (apt-get install chromium, or set AGORA_CHROMIUM)")
-    return playwright.chromium.launch(executable_path=path, headless=True, args=list(CHROMIUM_FLAGS), **kwargs)
+    browser_type = getattr(playwright, "chromium", playwright)
+    return browser_type.launch(executable_path=path, headless=True, args=[*CHROMIUM_FLAGS, *extra_args], **kwargs)
 
 
 class ServerThread:

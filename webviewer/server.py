@@ -12,6 +12,9 @@ Routes (GET and HEAD only):
   HTTP ``Range``/``If-Range`` (206/416) support
 * ``/bench``, ``/bench/ort``, ``/ort/<name>``, ``/baseline[/...]`` and ``POST /bench/results``: the
   benchmark page against the onnxruntime-web baseline (:mod:`webviewer.bench_server`)
+* ``/drive/human/<path>``, ``/drive/tfjs-wasm/<name>``, ``/drive/human.json``: the live drive's face
+  tracker (the pinned npm packages ``@vladmandic/human``, its three face models, and
+  ``@tensorflow/tfjs-backend-wasm``'s binaries; :mod:`webviewer.drive_server`)
 * ``/tls/agora-local-ca.crt`` with ``--https`` on the local certificate: the authority's certificate,
   for a phone to install (:mod:`webviewer.tls`)
 
@@ -104,13 +107,16 @@ def bundle_table(paths: Iterable[str | Path]) -> dict[str, ServedBundle]:
 def create_app(bundles: Sequence[str | Path], *, static_dir: str | Path = STATIC_DIR, baseline=None,
                results_dir: str | Path | None = None, ort_dir: str | Path | None = None,
                allowed_hosts: Iterable[str] = (), rate_limit: RateLimit = DEFAULT_RATE_LIMIT,
-               trust_cert: Path | None = None) -> Flask:
+               trust_cert: Path | None = None, drive_dirs: dict[str, Path] | None = None) -> Flask:
     """The viewer app serving ``static_dir`` and exactly the files in ``bundles``; plus the benchmark
     page, onnxruntime-web, the ONNX ``baseline`` (an :class:`exporter.interop.baseline.Baseline`) and result
     posts saved in ``results_dir`` (None: refused; at most ``rate_limit`` per client) - see
     :mod:`webviewer.bench_server`. Only requests for the loopback names and ``allowed_hosts`` are
-    answered; ``trust_cert``: the local authority's certificate, served for phones to install."""
+    answered; ``trust_cert``: the local authority's certificate, served for phones to install;
+    ``drive_dirs``: where the live drive's face tracker files are, when not where
+    :mod:`webviewer.drive_server` looks by default (tests)."""
     from webviewer.bench_server import register_bench
+    from webviewer.drive_server import register_drive
 
     table = bundle_table(bundles)
     static_dir = Path(static_dir).resolve()
@@ -157,6 +163,7 @@ def create_app(bundles: Sequence[str | Path], *, static_dir: str | Path = STATIC
     register_bench(app, static_dir, CSP, baseline=baseline, ort_dir=ort_dir, compressed=compressed,
                    rate_limit=rate_limit,
                    results_dir=Path(results_dir).resolve() if results_dir is not None else None)
+    register_drive(app, CSP, folders=drive_dirs, compressed=compressed)
     app.extensions["agora_bundles"] = table
     app.extensions["agora_compressed"] = compressed
     app.wsgi_app = HostGuard(app.wsgi_app, allowed_hosts)

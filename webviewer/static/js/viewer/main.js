@@ -11,6 +11,7 @@ import { isSequenceFile, readSequenceFile } from "../format/sequences.js";
 import { attachControls } from "./controls.js";
 import { ViewerUI } from "./ui.js";
 import { Viewer } from "./viewer.js";
+import { LiveDrive } from "../drive/drive.js";
 
 const query = new URLSearchParams(location.search);
 const canvas = document.getElementById("canvas");
@@ -325,6 +326,8 @@ async function boot() {
   }
   ui = new ViewerUI(viewer, player, { onOpenFile: openFile, onScreenshot: screenshot });
   attachControls(canvas, viewer);
+  api.drive = new LiveDrive(viewer, { onStart: () => { player.pause(); ui.syncPlayback(); } });
+  api.drive.attachUI();
   const size = /^(\d+)x(\d+)$/.exec(query.get("size") || "");
   if (size) viewer.setFixedSize([Number(size[1]), Number(size[2])]);
   viewer.start(onFrame);

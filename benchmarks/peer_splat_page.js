@@ -2,9 +2,23 @@
 // wraps WebGL2's drawArraysInstanced - the peer's one draw call per frame - so that, while a timing
 // is armed, each of its frames is timed like the viewer's: earlier work finished (a 1-pixel
 // readPixels), then the draw (with a 1-pixel scissor in mode "scissor": its per-splat work alone),
-// then a 1-pixel readPixels (gl.finish does not wait under SwiftShader). Its own frame loop
-// (requestAnimationFrame) keeps drawing; nothing else of it is changed.
+// then a 1-pixel readPixels (gl.finish does not wait under SwiftShader). Its frame loop
+// (requestAnimationFrame) is held between timings once it has drawn everything: it would otherwise
+// keep the browser's one GPU process busy while the viewer's pages are timed. Nothing else of it
+// is changed.
 (() => {
+  const raf = window.requestAnimationFrame.bind(window);
+  const held = [];
+  let holding = false;
+  window.requestAnimationFrame = (callback) => {
+    if (!holding) return raf(callback);
+    held.push(callback);
+    return 0;
+  };
+  const hold = (on) => {
+    holding = on;
+    if (!on) held.splice(0).forEach((callback) => raf(callback));
+  };
   const draw = WebGL2RenderingContext.prototype.drawArraysInstanced;
   const state = { mode: null, times: [], want: 0, instances: 0, done: null };
   const px = new Uint8Array(4);
@@ -24,6 +38,7 @@
     if (scissor) this.disable(this.SCISSOR_TEST);
     if (state.times.length >= state.want) {
       state.mode = null;
+      hold(true);
       state.done(state.times);
     }
     return undefined;
@@ -35,8 +50,13 @@
       camera.fy = fy; // eslint-disable-line no-undef
       window.dispatchEvent(new Event("resize"));
     },
-    /** Whether it has drawn all `count` splats (the whole file loaded and sorted). */
-    ready: (count) => state.instances === count,
+    /** Whether it has drawn all `count` splats (the whole file loaded and sorted); then its
+     * frame loop is held until the next timing. */
+    ready(count) {
+      if (state.instances !== count) return false;
+      hold(true);
+      return true;
+    },
     /** Time `frames` of its frames after `warmup`, in mode "full" or "scissor". */
     time({ mode, frames, warmup }) {
       return new Promise((resolve) => {
@@ -44,6 +64,7 @@
         state.want = frames + warmup;
         state.done = (times) => resolve(times.slice(warmup));
         state.mode = mode;
+        hold(false);
       });
     },
   };

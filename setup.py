@@ -1,7 +1,7 @@
-"""setuptools hooks (the project's metadata is in pyproject.toml): the wheel carries onnxruntime-web's
-served files and their licences from the pinned npm packages (``build_support/ort_vendor.py``), and an
-sdist carries the npm files a wheel built from it needs. An editable install (``pip install -e .``)
-copies nothing: it serves ``node_modules/`` of the clone."""
+"""setuptools hooks (the project's metadata is in pyproject.toml): the wheel carries the served files of
+the pinned npm packages (onnxruntime-web for /bench, the live drive's face tracker) and their licences
+(``build_support/ort_vendor.py``), and an sdist carries the npm files a wheel built from it needs.
+An editable install (``pip install -e .``) copies nothing: it serves ``node_modules/`` of the clone."""
 from __future__ import annotations
 
 import sys
@@ -13,20 +13,20 @@ from setuptools.command.sdist import sdist
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from build_support.ort_vendor import VendorError, source_files, vendor_ort, vendored_outputs  # noqa: E402
+from build_support.ort_vendor import VendorError, source_files, vendor_npm, vendored_outputs  # noqa: E402
 
-VENDOR_DIR = ("webviewer", "vendor", "onnxruntime-web")
+VENDOR_DIR = ("webviewer", "vendor")
 
 
 def stop(exc: VendorError) -> SystemExit:
     """The build's one-line error for a missing or stale ``node_modules``."""
-    return SystemExit(f"error: cannot package onnxruntime-web into the wheel: {exc}")
+    return SystemExit(f"error: cannot package onnxruntime-web and the face tracker into the wheel: {exc}")
 
 
 class BuildPyWithOrt(build_py):
-    """build_py, then onnxruntime-web's served files into ``webviewer/vendor/onnxruntime-web``."""
+    """build_py, then the npm packages' served files into ``webviewer/vendor/<name>``."""
 
-    def ort_dest(self) -> Path:
+    def vendor_dest(self) -> Path:
         return Path(self.build_lib).joinpath(*VENDOR_DIR)
 
     def run(self) -> None:
@@ -36,7 +36,7 @@ class BuildPyWithOrt(build_py):
         try:
             source_files(ROOT)  # stop before copying anything when node_modules is missing or stale
             super().run()
-            vendor_ort(ROOT, self.ort_dest())
+            vendor_npm(ROOT, self.vendor_dest())
         except VendorError as exc:
             raise stop(exc) from None
 
@@ -44,7 +44,7 @@ class BuildPyWithOrt(build_py):
         outputs = super().get_outputs(include_bytecode)
         if self.editable_mode:
             return outputs
-        return [*outputs, *(str(p) for p in vendored_outputs(self.ort_dest(), ROOT))]
+        return [*outputs, *(str(p) for p in vendored_outputs(self.vendor_dest(), ROOT))]
 
 
 class SdistWithNpmFiles(sdist):

@@ -1,6 +1,7 @@
 """The package works outside the repository (issue 14, part 6): ``python -m build`` makes the sdist
 and, from it, the wheel, which carries the viewer, the shaders, the built-in head and model, and
-onnxruntime-web's served files with their licences (setup.py, build_support/ort_vendor.py). The wheel
+the served files of the pinned npm packages (onnxruntime-web, the live drive's face tracker) with their
+licences (setup.py, build_support/ort_vendor.py). The wheel
 is installed into a fresh venv in a temporary folder and run from a folder outside the repository:
 ``bundle`` (tiny), ``serve --bench`` and its pages over HTTP, ``site --bench``; nothing is imported
 from the clone.
@@ -31,10 +32,18 @@ from pathlib import Path
 import pytest
 
 from build_support import ort_vendor
-from build_support.ort_vendor import LICENSES, VendorError, check_installed, locked_packages, source_files
+from build_support.ort_vendor import (
+    FOLDER_LICENSES,
+    VendorError,
+    check_installed,
+    licence_name,
+    locked_packages,
+    source_files,
+)
 from tests.test_hardening import TINY_BUNDLE
 from webviewer import ort_files
 from webviewer.bench_server import DEFAULT_ORT_DIR, ORT_EP_FILES, ORT_FILES
+from webviewer.npm_files import HUMAN, SERVED
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_FILES = ("pyproject.toml", "setup.py", "README.md", "package.json", "package-lock.json")
@@ -96,22 +105,31 @@ def venv(built, tmp_path_factory) -> Path:
 
 
 # ============================================================================ the build
-def test_wheel_carries_the_served_onnxruntime_web_files_their_licences_and_the_package_data(built):
+def test_wheel_carries_the_served_npm_files_their_licences_and_the_package_data(built):
+    lock = json.loads((ROOT / "package-lock.json").read_text())["packages"]
     with zipfile.ZipFile(built["wheel"]) as whl:
         names = set(whl.namelist())
-        vendor = {n[len(VENDOR) + 1:] for n in names if n.startswith(VENDOR + "/")}
-        assert vendor == {*ORT_FILES, *(f"LICENSES/{p}.txt" for p in LICENSES), "PROVENANCE.json"}
-        for name in ORT_FILES:  # byte for byte the pinned npm package's files
-            assert whl.read(f"{VENDOR}/{name}") == (DEFAULT_ORT_DIR / name).read_bytes(), name
+        for served in SERVED:  # onnxruntime-web, @vladmandic/human, @tensorflow/tfjs-backend-wasm
+            folder = f"webviewer/vendor/{served.vendor_name}"
+            vendor = {n[len(folder) + 1:] for n in names if n.startswith(folder + "/")}
+            licences = {f"LICENSES/{licence_name(p)}" for p in FOLDER_LICENSES[served.vendor_name]}
+            assert vendor == {*served.files, *licences, "PROVENANCE.json"}, served.package
+            for name in served.files:  # byte for byte the pinned npm package's files
+                assert whl.read(f"{folder}/{name}") == (served.node_modules_dir / name).read_bytes(), name
+            prov = json.loads(whl.read(f"{folder}/PROVENANCE.json"))
+            assert set(prov["files_sha256"]) == set(served.files)
+            for name, entry in prov["packages"].items():
+                assert entry["version"] == lock[f"node_modules/{name}"]["version"]
+                assert entry["integrity"] == lock[f"node_modules/{name}"]["integrity"]
         assert b"MIT License" in whl.read(f"{VENDOR}/LICENSES/onnxruntime-web.txt")
         assert b"Apache License" in whl.read(f"{VENDOR}/LICENSES/long.txt")
         assert b"ISC License" in whl.read(f"{VENDOR}/LICENSES/guid-typescript.txt")
-        prov = json.loads(whl.read(f"{VENDOR}/PROVENANCE.json"))
-    lock = json.loads((ROOT / "package-lock.json").read_text())["packages"]
-    for name, entry in prov["packages"].items():
-        assert entry["version"] == lock[f"node_modules/{name}"]["version"]
-        assert entry["integrity"] == lock[f"node_modules/{name}"]["integrity"]
-    assert set(prov["files_sha256"]) == ORT_FILES
+        assert b"MIT License" in whl.read("webviewer/vendor/human/LICENSES/vladmandic-human.txt")
+        assert b"Apache License" in whl.read("webviewer/vendor/human/LICENSES/tensorflow-tfjs-core.txt")
+        wasm_licence = "webviewer/vendor/tfjs-backend-wasm/LICENSES/tensorflow-tfjs-backend-wasm.txt"
+        assert b"Apache License" in whl.read(wasm_licence)
+        for name in ORT_FILES:
+            assert whl.read(f"{VENDOR}/{name}") == (DEFAULT_ORT_DIR / name).read_bytes(), name
     # the viewer, its shaders and sequences, the built-in head and model: every file of those folders
     for folder in ("webviewer/static", "agora_core/data"):
         files = {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*")
@@ -127,6 +145,8 @@ def test_sdist_carries_what_a_wheel_built_from_it_needs(built):
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
     assert set(source_files(ROOT)) <= names, sorted(set(source_files(ROOT)) - names)
     assert "setup.py" in names and "node_modules/onnxruntime-web/dist/ort.wasm.min.mjs" not in names  # served only
+    assert "node_modules/@vladmandic/human/dist/human.esm.js" in names
+    assert "node_modules/@vladmandic/human/models/age.json" not in names
 
 
 def test_build_without_the_npm_packages_stops_with_the_npm_ci_line(tmp_path):
@@ -181,23 +201,28 @@ def test_served_files_come_from_the_override_then_the_wheel_then_node_modules(tm
     assert ort_files.ort_dir_default() == override  # missing, but the user's choice: the error names it
     assert "AGORA_ORT_DIR=" in ort_files.ort_missing_message(override)
     assert ort_vendor.served_files(ROOT) == sorted(f for files in ORT_EP_FILES.values() for f in files)
+    assert ort_vendor.served_files(ROOT, "human") == sorted(HUMAN.files)
+    monkeypatch.setenv("AGORA_HUMAN_DIR", str(override))
+    assert HUMAN.candidates() == [override] and "AGORA_HUMAN_DIR=" in HUMAN.missing_message(override)
 
 
 # ============================================================================ the installed wheel
 def test_installed_package_imports_nothing_from_the_repository(venv, tmp_path):
     code = ("import json, agora_core, exporter, webviewer, benchmarks, exporter.cli.export\n"
             "from webviewer.bench_server import ort_dir_default\n"
+            "from webviewer.npm_files import HUMAN, TFJS_WASM\n"
             "from agora_core.generator.checkpoint import BUILTIN_MODEL, load_model\n"
             "from agora_core.heads.builtin import ASSET_PATH\n"
             "import sys\n"
             "mods = [m.__file__ for m in (agora_core, exporter, webviewer, benchmarks, exporter.cli.export)]\n"
             "print(json.dumps({'modules': mods, 'ort': str(ort_dir_default()), 'model': str(BUILTIN_MODEL),\n"
+            "  'human': str(HUMAN.default_dir()), 'tfjs': str(TFJS_WASM.default_dir()),\n"
             "  'head': str(ASSET_PATH), 'source': load_model(None).source,\n"
             "  'clone': [m for m, v in sys.modules.items() if str(getattr(v, '__file__', None) or '')"
             f".startswith({str(ROOT) + '/'!r}) and '/.venv/' not in str(v.__file__)]}}))\n")
     report = json.loads(run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path).stdout)
     site = str(venv.resolve()) + "/"
-    for path in (*report["modules"], report["ort"], report["model"], report["head"]):
+    for path in (*report["modules"], report["ort"], report["model"], report["head"], report["human"], report["tfjs"]):
         assert path.startswith(site), (path, site)
     assert report["ort"].endswith(VENDOR) and report["clone"] == []
     assert report["source"] == "built-in trained model"
@@ -268,6 +293,11 @@ def test_installed_wheel_bundles_and_serves_the_bench_page_outside_the_repositor
             r, body = get(port, f"/ort/{name}")
             assert r.status == 200 and body == (DEFAULT_ORT_DIR / name).read_bytes(), name
         assert r.getheader("Content-Type") == "application/wasm"
+        for name in HUMAN.files[:2]:  # the live drive's face tracker, from the wheel too
+            r, body = get(port, f"/drive/human/{name}")
+            assert r.status == 200 and body == (HUMAN.node_modules_dir / name).read_bytes(), name
+        r, body = get(port, "/drive/human.json")
+        assert r.status == 200 and json.loads(body)["available"]
         r, body = get(port, "/ort/PROVENANCE.json")
         assert r.status == 404  # only the served names, never the rest of the folder
         r, body = get(port, "/bench/ort.json")
@@ -280,5 +310,8 @@ def test_installed_wheel_bundles_and_serves_the_bench_page_outside_the_repositor
     for name in ORT_FILES:
         assert (work / "site" / "ort" / name).read_bytes() == (DEFAULT_ORT_DIR / name).read_bytes(), name
     assert sorted(p.name for p in (work / "site" / "ort" / "LICENSES").iterdir()) == sorted(
-        f"{name}.txt" for name in LICENSES)
+        licence_name(name) for name in FOLDER_LICENSES["onnxruntime-web"])
+    assert (work / "site" / "drive" / "human" / HUMAN.files[0]).read_bytes() == (
+        HUMAN.node_modules_dir / HUMAN.files[0]).read_bytes()
+    assert (work / "site" / "drive" / "human" / "LICENSES" / "vladmandic-human.txt").is_file()
     assert (work / "site" / "static" / "shaders" / "splat.vert.glsl").is_file()

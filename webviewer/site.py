@@ -8,6 +8,9 @@ The folder has the server's URL layout, so the same pages work from GitHub Pages
     bundles.json                    [{"name", "url", "bytes"}] as the server's /bundles.json
     bundles/<name>                  the bundles (names as the server gives them)
     static/...                      the viewer's files (sequences included)
+    drive/human/..., drive/tfjs-wasm/..., drive/human.json
+                                    the live drive's face tracker (the served npm files, when
+                                    found; their LICENSES/ too when they come from the wheel)
     bench.html, bench/ort.json,     with ``bench``: the benchmark page, onnxruntime-web's files
     ort/<file>, baseline.json,      (from the npm package) and the ONNX baseline of the first
     baseline/model.onnx, .../inputs.bin   bundle's avatar (there is no server to keep results: the
@@ -36,6 +39,7 @@ from pathlib import Path
 from agora_core.types.errors import AgoraError
 from exporter.interop.baseline import Baseline
 from webviewer.bench_server import ORT_EP_FILES, ort_listing
+from webviewer.drive_server import ROUTES, drive_listing
 from webviewer.server import STATIC_DIR, bundle_listing, bundle_table
 
 ISOLATE_TAG = '<script src="static/js/site/isolate.js"></script>'
@@ -89,6 +93,20 @@ def _write_bench(dest: Path, bench: SiteBench) -> None:
     (dest / "bench.html").write_text(_with_loader(html), encoding="utf-8")
 
 
+def _write_drive(dest: Path) -> None:
+    """The face tracker's files as the server serves them under ``/drive/`` (those that are found)."""
+    folders = {route: served.default_dir() for route, served in ROUTES.items()}
+    for route, served in ROUTES.items():
+        for name in served.files:
+            if (folders[route] / name).is_file():
+                (dest / "drive" / route / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(folders[route] / name, dest / "drive" / route / name)
+        if (folders[route] / "LICENSES").is_dir():  # the wheel's copy has them
+            shutil.copytree(folders[route] / "LICENSES", dest / "drive" / route / "LICENSES", symlinks=False)
+    (dest / "drive").mkdir(exist_ok=True)
+    (dest / "drive" / "human.json").write_text(json.dumps(drive_listing(folders)))
+
+
 def _fill(dest: Path, bundles: Sequence[Path], bench: SiteBench | None) -> list[str]:
     table = bundle_table(bundles)
     _copy_static(dest, bench is not None)
@@ -99,6 +117,7 @@ def _fill(dest: Path, bundles: Sequence[Path], bench: SiteBench | None) -> list[
     for entry in table.values():
         shutil.copyfile(entry.path, dest / "bundles" / entry.name)
     (dest / "bundles.json").write_text(json.dumps(bundle_listing(table)))
+    _write_drive(dest)
     if bench is not None:
         _write_bench(dest, bench)
     return list(table)

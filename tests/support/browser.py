@@ -51,17 +51,20 @@ def require_tool(name: str, package: str) -> str:
 
 
 def require_npm_packages() -> Path:
-    """onnxruntime-web's files from ``npm ci`` (the benchmark page's baseline); skipped without them
-    (a failure under ``AGORA_REQUIRE_BROWSER=1``)."""
-    from webviewer.bench_server import ort_dir_default
+    """The served npm files from ``npm ci`` (onnxruntime-web for the benchmark page's baseline, the live
+    drive's face tracker); skipped without them (a failure under ``AGORA_REQUIRE_BROWSER=1``).
+    onnxruntime-web's folder."""
+    from webviewer.npm_files import ORT, SERVED
 
-    path = ort_dir_default()
-    if not path.is_dir():
-        message = f"no onnxruntime-web files at {path} (run `npm ci --ignore-scripts` in the repository)"
-        if _tools_required():
-            pytest.fail(f"AGORA_REQUIRE_BROWSER=1 but {message}")
-        pytest.skip(message)
-    return path
+    for served in SERVED:
+        folder = served.default_dir()
+        missing = [name for name in served.needed if not (folder / name).is_file()]
+        if missing:
+            message = f"no {served.package} files at {folder} (run `npm ci --ignore-scripts` in the repository)"
+            if _tools_required():
+                pytest.fail(f"AGORA_REQUIRE_BROWSER=1 but {message}")
+            pytest.skip(message)
+    return ORT.default_dir()
 
 
 def _require_browser():

@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seconds", type=float, default=2 * drive_clip.DURATION, help="tracking time (default: 2 loops)")
     ap.add_argument("--bundle", type=Path, help="an .agm to drive (default: a synthetic one with ARKit names)")
     ap.add_argument("--size", type=int, default=CLIP_SIZE, help="clip size in pixels")
+    ap.add_argument("--canvas", default="", help="the viewer's drawing buffer, WxH (default: the page's own size); "
+                    "software WebGL competes with the tracker for this CPU")
     ap.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/drive_tracking.json)")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
             page = browser.new_context(viewport={"width": 900, "height": 640}).new_page()
             requests: list[str] = []
             page.on("request", lambda r: requests.append(r.url))
-            page.goto(f"{srv.url}?bundle={Path(bundle).name}")
+            size = f"&size={args.canvas}" if args.canvas else ""
+            page.goto(f"{srv.url}?bundle={Path(bundle).name}{size}")
             page.wait_for_function("() => window.agora && window.agora.state === 'ready'", timeout=120000)
             start_drive(page.evaluate)
             run = track(page.evaluate, lambda expr, ms: page.wait_for_function(expr, timeout=ms), args.seconds)
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
             browser.close()
     hosts = sorted({u.split("/")[2] for u in requests if "://" in u})
     report.update(clip_frames=len(frames), clip_fps=CLIP_FPS, clip_size=args.size, clip_render_s=render_s,
+                  canvas=args.canvas or "page (900 x 640 viewport)",
                   hosts=hosts, command=command_line("benchmarks.drive_tracking", argv or []))
     print(markdown_table(["results/s", "track ms (median / p95)", "latency ms", "backend", *CHANNELS],
                          [[report["results_per_s"], f"{report['track_ms_median']:.0f} / {report['track_ms_p95']:.0f}",

@@ -176,6 +176,10 @@ def test_live_drive_follows_the_teacher_clip(camera_page, clip, tmp_path):
     assert take["num_frames"] == len(take["frames"]) >= 30 * (TRACK_SECONDS - 3)  # 30 fps over the take
     jaw = np.array(take["frames"])[:, names.index("jawOpen")]
     assert jaw.max() > 0.3 and jaw.min() < 0.1
+    tracking = take["tracking"]  # the figures a phone's take carries home
+    assert tracking["results"] >= MIN_RESULTS * 0.9 and tracking["faces"] == tracking["results"]
+    assert tracking["fps"] > 0 and tracking["track_ms_median"] > 0 and tracking["backend"] == report["backend"]
+    assert "Chrome" in tracking["user_agent"]
     parsed = page.js("""async (take) => {
         const { parseSequence } = await import('/static/js/viewer/playback.js');
         const s = parseSequence(take, window.agora.parameters(), 'take.json');
@@ -230,7 +234,7 @@ def test_camera_errors_show_a_message_and_nothing_breaks(page, drive_site, kind)
     assert driver.js("() => window.agora.getParams().every((v) => v === 0)")
 
 
-def test_face_lost_message_and_the_avatar_eases_back_to_neutral(page, drive_site):
+def test_face_lost_message_the_avatar_eases_back_to_neutral_and_the_camera_switches(page, drive_site):
     require_tracker_files()
     driver = PageDriver(page, drive_site)
     page.add_init_script(f"({FAKE_CAMERA})('blank')")
@@ -248,6 +252,10 @@ def test_face_lost_message_and_the_avatar_eases_back_to_neutral(page, drive_site
     assert stats["trackMs"] > 0, stats  # frames without a face are tracked (and timed) too
     assert page.is_visible("#drive-overlay") and "tracking" in page.inner_text("#drive-overlay")
     assert smile and smile[0] < 1.0  # easing, not a jump
+    assert stats["facing"] == "user"  # the front camera first; then the other one
+    driver.js("() => window.agora.drive.switchCamera()")
+    assert driver.js("() => window.agora.drive.stats().facing") == "environment"
+    assert driver.js("() => window.agora.drive.mirror") is False
     driver.js("() => window.agora.drive.stop()")
     assert not driver.errors, driver.errors
     assert_loopback_only(drive_site.requests)

@@ -215,12 +215,13 @@ export class LiveDrive {
   // ---------------------------------------------------------------------------- recording
   startRecording() {
     this.recorder.start();
+    this.recordFrom = this.log.length ? this.log[this.log.length - 1].seq : 0;
     this.syncButtons();
   }
 
   /** Stop recording; the take as sequence JSON (also offered as a download unless `download` is false). */
   stopRecording(download = true) {
-    const take = this.recorder.stop(this.viewer.bundle.parameters.map((p) => p.name));
+    const take = this.recorder.stop(this.viewer.bundle.parameters.map((p) => p.name), this.trackingSummary());
     this.syncButtons();
     if (!take) {
       this.setMessage("Nothing was recorded (no face was tracked).", true);
@@ -228,6 +229,21 @@ export class LiveDrive {
     }
     if (download) downloadJson(take, `agora-take-${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
     return take;
+  }
+
+  /** The tracker's figures over the take being recorded (stored in the take: numbers from a phone). */
+  trackingSummary() {
+    const results = this.log.filter((e) => e.seq > (this.recordFrom ?? 0));
+    const span = results.length > 1 ? (results[results.length - 1].t - results[0].t) / 1000 : 0;
+    const ms = results.map((e) => e.ms).sort((a, b) => a - b);
+    const round = (x) => Math.round(x * 10) / 10;
+    return {
+      results: results.length, faces: results.filter((e) => e.face).length,
+      fps: span > 0 ? round((results.length - 1) / span) : 0,
+      track_ms_median: round(median(ms)), track_ms_p95: round(ms[Math.floor(0.95 * (ms.length - 1))] ?? NaN),
+      latency_ms_median: round(median(results.map((e) => e.latency))), backend: this.tracker.backend,
+      user_agent: navigator.userAgent,
+    };
   }
 
   // ---------------------------------------------------------------------------- stats and UI

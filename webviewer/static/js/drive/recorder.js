@@ -26,12 +26,13 @@ export class TakeRecorder {
     this.samples.push({ t, values: Float32Array.from(values) });
   }
 
-  /** Stop; the take as sequence JSON for parameters `names` (null when nothing was recorded). */
-  stop(names, fps = RECORD_FPS) {
+  /** Stop; the take as sequence JSON for parameters `names` (null when nothing was recorded), with
+   * `tracking`: what the tracker measured over the take (see LiveDrive.trackingSummary). */
+  stop(names, tracking = null, fps = RECORD_FPS) {
     const samples = this.samples;
     this.samples = null;
     if (!samples || samples.length === 0) return null;
-    return resample(samples, names, fps);
+    return { ...resample(samples, names, fps), ...(tracking ? { tracking } : {}) };
   }
 }
 

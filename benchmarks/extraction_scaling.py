@@ -15,6 +15,15 @@ Run with ``python -m benchmarks.extraction_scaling`` (``--help`` for options).
     measured on held-out rows and compared with the optimum of the known population spectrum.
 (b) **Real extraction** (generator rows, tiny/small presets): time and peak memory against the
     number of samples ``N``, the rank ``K`` and the Gaussian count.
+(c) **Ranks** (``--ranks 1,2,4``; torchrun, issue 16): memory per rank of the sharded extraction at the
+    paper's width (262,144 Gaussians, K = 128), simulated one rank at a time in its own process with
+    the synthetic rows of (a): each rank sketches its shard, then the sketches are merged by the real
+    tree code (:func:`~agora_core.agora_m.streaming_svd.merge_over_ranks`) with files standing in for
+    Gloo's messages (:class:`SimulatedRank`; ranks run from the highest down, so every sketch a rank
+    receives has been written). Peak memory per rank does not depend on the rows per rank once the
+    sketch is full (``2 l`` rows), so each rank sketches ``--rows-per-rank`` rows (default 512) instead
+    of ``20000 / W``; the time of a real run is the rows per rank over the measured rows/s plus the
+    merge. Rank 0's bases are measured on held-out rows like (a).
 
 Every configuration runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own.
 Prints tables and writes ``benchmarks/results/extraction_scaling.json`` (``runs[mode]``, keeping the
@@ -27,13 +36,18 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from agora_core.types.distributed import DistContext
 from agora_core.types.spec import GROUP_DIMS, VALUES_PER_GAUSSIAN
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extraction_scaling.json"
@@ -136,6 +150,94 @@ def run_synthetic(cfg: dict) -> dict:
     }
 
 
+# ============================================================================ (c) ranks, simulated
+@dataclass(frozen=True)
+class SimulatedRank(DistContext):
+    """A rank of a simulated launch: what it sends is written to ``mailbox`` (raw bytes + a JSON header)
+    and what it receives is read from there (memory-mapped), in the order the tree merge sends it. Ranks
+    run one after another from the highest; a broadcast from rank 0 (the bases) only fills the buffers
+    (the memory a rank holds for them), since rank 0 has not run yet."""
+
+    mailbox: str = ""
+    sent: dict = field(default_factory=dict)
+
+    def _path(self, src: int, dst: int, seq: int) -> Path:
+        return Path(self.mailbox) / f"{src}-to-{dst}-{seq}"
+
+    def send(self, tensors: list[torch.Tensor], dst: int) -> None:
+        seq = self.sent.get(dst, 0)
+        self.sent[dst] = seq + 1
+        path = self._path(self.rank, dst, seq)
+        header = []
+        with open(path.with_suffix(".bin"), "wb") as f:
+            for t in tensors:
+                t = t.detach().cpu().contiguous()
+                header.append({"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")})
+                t.numpy().tofile(f)
+        path.with_suffix(".json").write_text(json.dumps(header))
+
+    def recv(self, dtypes: list[torch.dtype], src: int) -> list[torch.Tensor]:
+        seq = self.sent.get(("from", src), 0)
+        self.sent[("from", src)] = seq + 1
+        path = self._path(src, self.rank, seq)
+        out, offset = [], 0
+        for item in json.loads(path.with_suffix(".json").read_text()):
+            dtype = np.dtype(item["dtype"])
+            count = int(np.prod(item["shape"])) if item["shape"] else 1
+            arr = np.memmap(path.with_suffix(".bin"), dtype=dtype, mode="c", offset=offset, shape=(count,))
+            out.append(torch.from_numpy(arr).reshape(item["shape"]))
+            offset += count * dtype.itemsize
+        return out
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        if self.rank != src:
+            tensor.zero_()
+        return tensor
+
+    def barrier(self) -> None:
+        pass
+
+
+def run_rank(cfg: dict) -> dict:
+    """One rank of the simulated ``world``-rank extraction (see (c) in the module docstring)."""
+    from agora_core.agora_m.extract import malloc_cache
+    from agora_core.agora_m.streaming_svd import peak_memory, streaming_svd
+
+    torch.set_num_threads(cfg.get("threads") or torch.get_num_threads())
+    world, rank = cfg["world_size"], cfg["rank_index"]
+    ctx = SimulatedRank(rank=rank, world_size=world, backend="simulated", mailbox=cfg["mailbox"])
+    t0 = time.perf_counter()
+    src = SyntheticResiduals(cfg["gaussians"], cfg["signal_rank"], cfg["alpha"])
+    setup_s = time.perf_counter() - t0
+    rows_sim = cfg["rows_per_rank"] * world  # every shard holds rows_per_rank rows
+    first, last = ctx.shard(rows_sim)
+    with malloc_cache():
+        res = streaming_svd(src, rows_sim, src.dims, cfg["rank"], block_size=cfg["block"],
+                            oversampling=cfg["oversampling"], progress=cfg["progress"],
+                            desc=f"rank {rank}/{world}", dist=ctx if world > 1 else DistContext())
+    out = {**{k: v for k, v in cfg.items() if k not in ("progress", "mailbox")}, "rows": last - first,
+           "setup_s": setup_s, "sketch_and_merge_s": res.seconds, "rows_per_s": (last - first) / res.seconds,
+           "sketch_gib": res.sketch_bytes / 2**30, "synthetic_basis_gib": src.nbytes() / 2**30,
+           "peak_memory_mib": peak_memory("cpu"),
+           "role": "merges and computes the bases" if rank == 0 else ("sends" if rank % 2 else "merges, then sends")}
+    if rank == 0:
+        held = src(rows_sim, rows_sim + cfg["held_out"])
+        out["explained_variance_heldout"] = {
+            g: float((a @ res.groups[g].basis.T).square().sum() / a.square().sum()) for g, a in held.items()}
+        out["explained_variance_optimum"] = src.optimum(cfg["rank"])
+    return out
+
+
+def run_ranks(cfg: dict) -> list[dict]:
+    """All ranks of one simulated launch, each in its own process, from the highest rank down."""
+    mailbox = tempfile.mkdtemp(prefix="agora-ranks-")
+    try:
+        return [_worker("rank", {**cfg, "rank_index": r, "mailbox": mailbox})
+                for r in reversed(range(cfg["world_size"]))][::-1]
+    finally:
+        shutil.rmtree(mailbox, ignore_errors=True)
+
+
 # ============================================================================ (b) real extraction
 def run_real(cfg: dict) -> dict:
     from agora_core.agora_m import ExtractionConfig, extract_agora_m
@@ -182,7 +284,8 @@ def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
             for k in key.split("."):
                 v = v.get(k) if isinstance(v, dict) else None
             w = max(len(title), 9)
-            cells.append(f"{format(v, fmt) if v is not None else 'err':>{w}}")
+            missing = "err" if "error" in r else "-"
+            cells.append(f"{format(v, fmt) if v is not None else missing:>{w}}")
         lines.append(" ".join(cells))
     return "\n".join(lines)
 
@@ -226,7 +329,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--_worker"]:
-        fn = run_synthetic if argv[1] == "synthetic" else run_real
+        fn = {"synthetic": run_synthetic, "real": run_real, "rank": run_rank}[argv[1]]
         print(json.dumps(fn(json.loads(argv[2]))), flush=True)
         return {}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -247,11 +350,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--block", type=int, default=64, help="rows per generated block")
     parser.add_argument("--skip-real", action="store_true", help="only the synthetic streaming-SVD run")
     parser.add_argument("--skip-synthetic", action="store_true", help="only the real-generator runs")
+    parser.add_argument("--ranks", default=None,
+                        help="(c) only: comma-separated world sizes of the simulated sharded extraction, e.g. 1,2,4")
+    parser.add_argument("--rows-per-rank", type=int, default=512, help="(c): rows each simulated rank sketches")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.ranks is not None:
+        return main_ranks(args)
     syn_cfgs, real_cfgs = plan(args)
     if args.skip_synthetic:
         syn_cfgs = []
@@ -312,21 +420,74 @@ def main(argv: list[str] | None = None) -> dict:
         "real_extraction": real,
     }
     # keep the results of the other modes (a --full run is too long to repeat casually)
-    runs = {}
-    if args.output.is_file():
-        try:
-            runs = json.loads(args.output.read_text()).get("runs", {})
-        except (ValueError, AttributeError):
-            runs = {}
-    previous = runs.get(result["mode"], {})
+    previous = read_runs(args.output).get(result["mode"], {})
     for part, skipped in (("synthetic_streaming_svd", args.skip_synthetic), ("real_extraction", args.skip_real)):
         if skipped and previous.get(part):  # a skipped part keeps its earlier results
             result[part] = previous[part]
-    runs[result["mode"]] = result
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "extraction_scaling", "runs": runs}, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save_run(args.output, result)
     return result
+
+
+def parse_world_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --ranks takes comma-separated world sizes, e.g. 1,2,4; got '{text}'") from None
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"error: --ranks takes positive world sizes, got '{text}'")
+    return sizes
+
+
+def main_ranks(args: argparse.Namespace) -> dict:
+    """(c): memory per rank of the sharded extraction at the paper's width, for each world size."""
+    G, K, N = (65536, 64, 20000) if args.quick else (262144, 128, 20000)  # --quick: a check of the machinery
+    base = {"gaussians": G, "rank": K, "signal_rank": args.signal_rank, "alpha": args.alpha, "block": args.block,
+            "oversampling": args.oversampling, "held_out": 128, "rows_per_rank": args.rows_per_rank,
+            "threads": args.threads, "progress": not args.no_progress, "paper_rows": N}
+    launches = []
+    for world in parse_world_sizes(args.ranks):
+        print(f"(c) {world} rank(s) at {G:,} Gaussians, K={K}, l=K+{args.oversampling}: each sketches "
+              f"{args.rows_per_rank} rows (a real run: {N // world} each), then the tree merge", flush=True)
+        ranks = run_ranks({**base, "world_size": world})
+        for r in ranks:
+            if "rows_per_s" in r:
+                r["projected_pass1_s_at_paper_rows"] = (N / world) / r["rows_per_s"]
+        launches.append({"world_size": world, "ranks": ranks})
+    rows = [{**r, "world": launch["world_size"]} for launch in launches for r in launch["ranks"]]
+    print(_table(rows, [("ranks", "world", "d"), ("rank", "rank_index", "d"), ("role", "role", "s"),
+                        ("rows", "rows", "d"), ("sketch+merge_s", "sketch_and_merge_s", ".1f"),
+                        ("rows/s", "rows_per_s", ".2f"), ("sketch_GiB", "sketch_gib", ".2f"),
+                        ("peak_MiB", "peak_memory_mib.maxrss_mib", ".0f"),
+                        ("EV_xyz", "explained_variance_heldout.xyz", ".4f"),
+                        ("EV_opt", "explained_variance_optimum", ".4f")]))
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+               "threads": args.threads or torch.get_num_threads()}
+    result = {"mode": "ranks-quick" if args.quick else "ranks", "machine": machine,
+              "paper_size": {"num_rows": N, "gaussians": G, "rank": K}, "launches": launches}
+    save_run(args.output, result)
+    return result
+
+
+def read_runs(path: Path) -> dict:
+    """The runs saved in ``path`` (every mode's; none when absent or unreadable)."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text()).get("runs", {})
+    except (ValueError, AttributeError):
+        return {}
+
+
+def save_run(path: Path, result: dict) -> None:
+    """Write ``result`` as ``runs[its mode]`` of ``path``, keeping the other modes' results (atomically)."""
+    from agora_core.types.io import atomic_write
+
+    runs = read_runs(path)
+    runs[result["mode"]] = result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps({"benchmark": "extraction_scaling", "runs": runs}, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

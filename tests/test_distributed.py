@@ -10,11 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from agora_core.agora_m.streaming_svd import FrequentDirections, subspace_sines
+from agora_core.agora_m.streaming_svd import FrequentDirections, rank_state_path, subspace_sines
 from agora_core.generator.stylegan import noise_rows, random_noise
 from agora_core.training.parallel import BatchShard, EpochOrder, per_rank_batch
 from agora_core.training.synthetic import SyntheticConfig, write_synthetic_dataset
-from agora_core.types.distributed import DistributedError, shard_bounds
+from agora_core.types.distributed import SINGLE, DistContext, DistributedError, shard_bounds
+from agora_core.types.errors import AgoraError
 from exporter.cli.train import app as train_app
 from tests.support.distributed import EXTRACTION, extraction_summary, tiny_generator, torchrun
 
@@ -86,6 +87,21 @@ def test_merged_frequent_directions_sketch_keeps_its_guarantee():
     centred = FrequentDirections(40, 8, centre=True)
     with pytest.raises(ValueError, match="column sums"):
         centred.merge(B.float(), right.summary())
+
+
+def test_extraction_progress_resumes_only_with_the_ranks_that_wrote_it(tmp_path):
+    two = [DistContext(r, 2, r, "gloo") for r in range(2)]
+    assert rank_state_path(tmp_path, "svd_state.pt", SINGLE) == tmp_path / "svd_state.pt"
+    assert rank_state_path(tmp_path, "svd_state.pt", two[1]) == tmp_path / "svd_state.rank1-of-2.pt"
+    for ctx in two:
+        rank_state_path(tmp_path, "svd_state.pt", ctx).write_bytes(b"")
+    assert rank_state_path(tmp_path, "svd_state.pt", two[0]).is_file()
+    for ctx in (SINGLE, DistContext(3, 4, 3, "gloo")):
+        with pytest.raises(AgoraError, match=r"a launch with 2 ranks \(svd_state.rank0-of-2.pt\), not (1|4)"):
+            rank_state_path(tmp_path, "svd_state.pt", ctx)
+    (tmp_path / "projection_state.pt").write_bytes(b"")
+    with pytest.raises(AgoraError, match="a launch with one process"):
+        rank_state_path(tmp_path, "projection_state.pt", two[0])
 
 
 # ---------------------------------------------------------------------------------- 2 Gloo ranks

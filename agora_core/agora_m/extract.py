@@ -64,7 +64,7 @@ from agora_core.agora_m.streaming_svd import (
     fingerprint_of,
     load_state,
     peak_memory,
-    rank_state_name,
+    rank_state_path,
     resolve_ranks,
     save_state,
     sketch_sizes_for,
@@ -317,7 +317,7 @@ def _project_rows(source: ResidualSource, config: ExtractionConfig, M: int, base
     coef = torch.zeros(M, total_k)
     energy = {g: 0.0 for g in GROUP_NAMES}
     captured = {g: 0.0 for g in GROUP_NAMES}
-    path = progress_dir / rank_state_name("projection_state.pt", dist) if progress_dir is not None else None
+    path = rank_state_path(progress_dir, "projection_state.pt", dist) if progress_dir is not None else None
     first, last = dist.shard(M)
     described = {
         "base": base_fp,

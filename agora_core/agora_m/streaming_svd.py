@@ -60,6 +60,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import resource
 import sys
 import time
@@ -552,6 +553,27 @@ def rank_state_name(state_name: str, ctx: DistContext) -> str:
     return f"{stem}.rank{ctx.rank}-of-{ctx.world_size}{dot}{suffix}" if dot else f"{state_name}.rank{ctx.rank}"
 
 
+def rank_state_path(progress_dir: Path, state_name: str, ctx: DistContext) -> Path:
+    """This rank's progress file in ``progress_dir``; a folder that holds progress of a launch with another
+    number of processes is refused: it resumes only with as many as wrote it."""
+    path = Path(progress_dir) / rank_state_name(state_name, ctx)
+    world = ctx.world_size if ctx.distributed else 1
+    stem, _, suffix = state_name.rpartition(".")
+    pattern = re.compile(re.escape(stem) + r"\.rank\d+-of-(\d+)\." + re.escape(suffix))
+    found = [(p.name, int(m.group(1))) for p in Path(progress_dir).glob(f"{stem}.rank*")
+             if (m := pattern.fullmatch(p.name))] if stem else []
+    if (Path(progress_dir) / state_name).is_file():
+        found.append((state_name, 1))
+    others = sorted((name, w) for name, w in found if w != world)
+    if others:
+        name, w = others[0]
+        layout = "one process" if w == 1 else f"{w} ranks"
+        raise AgoraError(f"the progress directory '{progress_dir}' holds the progress of a launch with {layout} "
+                         f"({name}), not {world}: resume with the same number of processes, or delete it or "
+                         "choose another progress directory")
+    return path
+
+
 def sketch_sizes_for(ranks: Mapping[str, int], num_rows: int, sketch_size: int | None = None,
                      oversampling: int = DEFAULT_OVERSAMPLING) -> dict[str, int]:
     """``l = K + oversampling`` per group (or an explicit ``sketch_size >= K``), never more than needed.
@@ -620,7 +642,7 @@ def streaming_svd(
     if dist.distributed:
         fp_obj["shard"] = [first, last, dist.rank, dist.world_size]
     fp = fingerprint_of(fp_obj)
-    path = Path(progress_dir) / rank_state_name(state_name, dist) if progress_dir is not None else None
+    path = rank_state_path(Path(progress_dir), state_name, dist) if progress_dir is not None else None
     start_row = first
     if path is not None:
         state = load_state(path, fp)
@@ -675,6 +697,7 @@ __all__ = [
     "merge_over_ranks",
     "peak_memory",
     "rank_state_name",
+    "rank_state_path",
     "resolve_ranks",
     "save_state",
     "sketch_sizes_for",

@@ -12,11 +12,11 @@ keeps the rows ``r, r + W, r + 2W, ...`` of it (:class:`BatchShard`):
 * real images follow one permutation of the dataset per epoch (:class:`EpochOrder`; the permutation
   of epoch ``e`` is seeded by ``(seed, e)``), so within an epoch no image is seen twice, across ranks
   included, and each rank loads only its rows of each batch;
-* gradients are averaged by ``DistributedDataParallel`` (G and D; the minibatch standard deviation
-  of D is taken over each rank's rows - the same groups as one process when the group size divides
-  the per-rank batch); the running mean ``w_avg`` of the mapping network is averaged over ranks after
-  each step (:func:`average_over_ranks`), which is the global batch's update;
-* the strided rows keep D's minibatch-std groups (``i mod B/g``) the same as in one process.
+* gradients are averaged by ``DistributedDataParallel`` (G and D); the running mean ``w_avg`` of the
+  mapping network is averaged over ranks after each step (:func:`average_over_ranks`), which is the
+  global batch's update;
+* D's minibatch standard deviation is taken over each rank's rows; the strided rows keep its groups
+  (sample ``i`` in group ``i mod B/g``) those of one process when the group size divides the per-rank batch.
 
 Nothing here is per rank in a checkpoint: the step, the images seen, the seeded generator's state and
 the global RNG state are the same on every rank, so a run resumes at any world size that divides
@@ -112,9 +112,15 @@ def wrap_data_parallel(module: nn.Module, ctx: DistContext) -> nn.Module:
     statistics); the caller averages the ones that change (:func:`average_over_ranks`)."""
     if not ctx.distributed:
         return module
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, device_ids=None, forward_sync_buffers=False)
+    # PyTorch >= 2.13 names it forward_sync_buffers (and deprecates broadcast_buffers); earlier versions
+    no_buffer_sync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+                      else {"broadcast_buffers": False})
+    return DistributedDataParallel(module, device_ids=None, **no_buffer_sync)
 
 
 @torch.no_grad()

@@ -777,8 +777,9 @@ def train(trainer: Trainer, paths: RunPaths, *, progress: bool = True, max_steps
             if max_steps is not None and steps_here >= max_steps:
                 break
             if out_of_time:
-                bar.write(f"time budget of {cfg.max_minutes:g} min reached at step {trainer.step}; "
-                          "re-run with --resume to continue")
+                if main:
+                    bar.write(f"time budget of {cfg.max_minutes:g} min reached at step {trainer.step}; "
+                              "re-run with --resume to continue")
                 break
     bar.close()
     if main:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -170,7 +171,8 @@ def init_distributed(device_type: str = "cpu", timeout_min: float = DEFAULT_TIME
     if backend == "nccl":
         dev = rank_device(torch.device("cuda"), ctx)
         torch.cuda.set_device(dev)
-        kwargs["device_id"] = dev
+        if "device_id" in inspect.signature(torch.distributed.init_process_group).parameters:  # PyTorch >= 2.3
+            kwargs["device_id"] = dev
     torch.distributed.init_process_group(backend, rank=rank, world_size=world,
                                          timeout=datetime.timedelta(minutes=timeout_min), **kwargs)
     return ctx

@@ -51,9 +51,9 @@ def require_tool(name: str, package: str) -> str:
 
 
 def require_npm_packages() -> Path:
-    """The served npm files from ``npm ci`` (onnxruntime-web for the benchmark page's baseline, the live
-    drive's face tracker); skipped without them (a failure under ``AGORA_REQUIRE_BROWSER=1``).
-    onnxruntime-web's folder."""
+    """onnxruntime-web's folder, once the served npm files from ``npm ci`` are there (onnxruntime-web for
+    the benchmark page's baseline, the live drive's face tracker); skipped without them (a failure
+    under ``AGORA_REQUIRE_BROWSER=1``)."""
     from webviewer.npm_files import ORT, SERVED
 
     for served in SERVED:

@@ -275,3 +275,25 @@ def test_flame_bundles_get_the_jaw_and_eyelids(page, drive_site):
     v = out["values"]
     assert v["jaw_x"] == pytest.approx(drive_clip.JAW_ANGLE_PER_OPEN) and v["eyelid_l"] == 1 and v["eyelid_r"] == 0.5
     assert v["jaw_y"] > 0 and all(v[n] == 0 for n in v if n.startswith("exp_"))
+
+
+def test_without_the_tracker_files_the_page_says_so(page, drive_site, tmp_path):
+    from webviewer.headless import ServerThread
+    from webviewer.server import create_app
+
+    bundle = drive_site.bundles["head.agm"]
+    site = Site(ServerThread(create_app([bundle], drive_dirs={"human": tmp_path, "tfjs-wasm": tmp_path})),
+                {"head.agm": bundle})
+    try:
+        driver = PageDriver(page, site)
+        page.add_init_script(f"({FAKE_CAMERA})('blank')")
+        assert driver.open(bundle="head.agm") == "ready"
+        page.click("#drive-btn")
+        page.wait_for_function("() => document.getElementById('drive-message').classList.contains('error')",
+                               timeout=60000)
+        text = page.inner_text("#drive-message")
+        assert "face tracker did not start" in text and "npm ci" in text, text
+        assert not driver.js("() => window.agora.drive.active") and page.inner_text("#drive-btn") == "Camera"
+        assert driver.js("() => window.agora.state") == "ready" and not driver.errors, driver.errors
+    finally:
+        site.server.close()

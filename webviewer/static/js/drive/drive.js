@@ -69,7 +69,7 @@ export class LiveDrive {
     try {
       await this.tracker.startWorker();
     } catch (err) {
-      this.tracker.stop();
+      this.tracker.dispose(); // a later tap starts a new worker
       return this.fail(`${err.message}. The tracker's files come with the server (npm ci in a clone).`);
     }
     this.mapping = this.remap();

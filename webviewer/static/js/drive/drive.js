@@ -65,6 +65,7 @@ export class LiveDrive {
     } catch (err) {
       return this.fail(err instanceof CameraError ? err.message : String(err.message || err));
     }
+    this.updateSwitch(); // the cameras are listed once the permission is granted
     this.setMessage("Loading the face tracker…");
     try {
       await this.tracker.startWorker();
@@ -295,7 +296,12 @@ export class LiveDrive {
     $("drive-neutral-btn")?.addEventListener("click", () => this.calibrate());
     $("drive-record-btn")?.addEventListener("click", () => (this.recorder.recording ? this.stopRecording() : this.startRecording()));
     $("drive-switch-btn")?.addEventListener("click", () => this.switchCamera());
-    FaceTracker.cameraCount().then((n) => { const b = $("drive-switch-btn"); if (b) b.hidden = n < 2; });
+    this.updateSwitch();
     this.syncButtons();
+  }
+
+  /** Show "Switch camera" when the device has two or more cameras. */
+  updateSwitch() {
+    FaceTracker.cameraCount().then((n) => { const b = $("drive-switch-btn"); if (b) b.hidden = n < 2; });
   }
 }

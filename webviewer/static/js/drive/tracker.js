@@ -39,6 +39,9 @@ export class FaceTracker {
     this.running = false;
     this.inFlight = false;
     this.seq = 0;
+    this.captureFailures = 0;
+    this.noResize = false;
+    this.canvas = null;
     this.onCapture = null; // optional hook (bitmap, seq) before a frame goes to the worker (tests)
   }
 
@@ -123,16 +126,38 @@ export class FaceTracker {
     this.inFlight = true;
     const seq = ++this.seq;
     const t = performance.now();
+    let bitmap;
     try {
-      const v = this.video;
-      const w = Math.min(FRAME_WIDTH, v.videoWidth);
-      const bitmap = await createImageBitmap(v, { resizeWidth: w, resizeHeight: Math.round((w * v.videoHeight) / v.videoWidth) });
-      this.onCapture?.(bitmap, seq);
-      this.worker.postMessage({ type: "frame", seq, bitmap, t }, [bitmap]);
+      bitmap = await this.capture();
+      this.captureFailures = 0;
     } catch (err) {
       this.inFlight = false;
+      if (++this.captureFailures === 20) this.onError(`Camera frames cannot be read: ${err.message || err}`);
       setTimeout(() => this.pump(), 100);
+      return;
     }
+    this.onCapture?.(bitmap, seq);
+    this.worker.postMessage({ type: "frame", seq, bitmap, t }, [bitmap]);
+  }
+
+  /** The video's current frame as an ImageBitmap, at most FRAME_WIDTH wide (scaled by the browser where it
+   * can: older Safari lacks createImageBitmap's resize options, then a canvas does it). */
+  async capture() {
+    const v = this.video;
+    const w = Math.min(FRAME_WIDTH, v.videoWidth);
+    const h = Math.round((w * v.videoHeight) / v.videoWidth);
+    if (!this.noResize) {
+      try {
+        return await createImageBitmap(v, { resizeWidth: w, resizeHeight: h });
+      } catch {
+        this.noResize = true;
+      }
+    }
+    this.canvas = this.canvas || document.createElement("canvas");
+    this.canvas.width = w;
+    this.canvas.height = h;
+    this.canvas.getContext("2d").drawImage(v, 0, 0, w, h);
+    return createImageBitmap(this.canvas);
   }
 
   handle(msg) {

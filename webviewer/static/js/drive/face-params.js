@@ -34,6 +34,8 @@ export const GAIN = {
   jawSide: 0.08,
 };
 
+export const BROW_TURN = [0.1, 0.3]; // radians of head yaw: brows fully trusted below, not at all above
+
 // typical resting measurements of an adult face (used until the user taps "neutral")
 export const DEFAULT_NEUTRAL = {
   eyeOpenL: 0.1, eyeOpenR: 0.1, lowerLidL: -0.02, lowerLidR: -0.02, mouthOpen: 0.0, mouthWidth: 0.55,
@@ -111,6 +113,8 @@ export function measure(mesh, rotation = [0, 0, 0]) {
 export function arkitFromMeasures(m, rest = DEFAULT_NEUTRAL) {
   const d = (key) => m[key] - rest[key];
   const out = {};
+  // a turned head's far brow drifts in a tracker's mesh: the brows fade out from 0.1 to 0.3 rad of yaw
+  const browTrust = clamp01(1 - (Math.abs(d("yaw")) - BROW_TURN[0]) / (BROW_TURN[1] - BROW_TURN[0]));
   for (const [side, S] of [["Left", "L"], ["Right", "R"]]) {
     const open = m[`eyeOpen${S}`] / Math.max(1e-3, rest[`eyeOpen${S}`]); // 1 at rest
     out[`eyeBlink${side}`] = clamp01((1 - open) / GAIN.eyeClose);
@@ -119,12 +123,12 @@ export function arkitFromMeasures(m, rest = DEFAULT_NEUTRAL) {
     const up = d(`corner${S}`);
     out[`mouthSmile${side}`] = clamp01(0.35 * up / GAIN.cornerUp + 0.65 * d(`cornerOut${S}`) / GAIN.cornerOut);
     out[`mouthFrown${side}`] = clamp01(-up / GAIN.cornerDown);
-    out[`browOuterUp${side}`] = clamp01(d(`browOuter${S}`) / GAIN.browUp);
-    // a closing eye pulls a tracker's brow points down with the lid: no brow-down while blinking
+    out[`browOuterUp${side}`] = clamp01(d(`browOuter${S}`) / GAIN.browUp) * browTrust;
+    // a closing eye pulls a tracker's brow points down with the lid: no brow-down from half a blink on
     out[`browDown${side}`] = clamp01(-(d(`browInner${S}`) + d(`browOuter${S}`)) / 2 / GAIN.browDown)
-      * (1 - out[`eyeBlink${side}`]);
+      * (1 - clamp01(2 * out[`eyeBlink${side}`])) * browTrust;
   }
-  out.browInnerUp = clamp01((d("browInnerL") + d("browInnerR")) / 2 / GAIN.browUp);
+  out.browInnerUp = clamp01((d("browInnerL") + d("browInnerR")) / 2 / GAIN.browUp) * browTrust;
   out.jawOpen = clamp01(d("mouthOpen") / GAIN.mouthOpen);
   const narrow = clamp01(-d("mouthWidth") / GAIN.narrow);
   const rounded = clamp01(d("mouthOpen") / 0.08);

@@ -4,8 +4,9 @@
 // Per frame: if the parameters or the identity changed, run the generator (MLP + blend) once and
 // start an asynchronous read-back of the animated positions; when read-back positions arrive or the
 // camera changed, ask the worker for a new order (asynchronously: the frame draws with the order it
-// has); then the splat rendering (projection pass if needed, splat pass). An idle avatar costs at most one splat pass per frame - none at all while nothing
-// (camera, parameters, order, size) changes, since the browser keeps showing the last frame.
+// has); then the splat rendering (projection pass if needed, splat pass). An idle avatar costs at
+// most one splat pass per frame - none at all while nothing (camera, parameters, order, size)
+// changes, since the browser keeps showing the last frame.
 
 import { readAgm } from "../format/agm.js";
 import { OrbitCamera, cameraForBundle } from "./camera.js";

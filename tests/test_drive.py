@@ -240,13 +240,18 @@ def test_face_lost_message_the_avatar_eases_back_to_neutral_and_the_camera_switc
     page.add_init_script(f"({FAKE_CAMERA})('blank')")
     assert driver.open(bundle="head.agm") == "ready"
     assert driver.js("() => window.agora.drive.start()")
-    # a smile on screen (as if tracked), then frames without a face: the message, and back to neutral
-    driver.js("() => { const d = window.agora.drive; d.shown = { mouthSmileLeft: 1, mouthSmileRight: 1 }; "
+    home = driver.js("() => window.agora.getCamera().position")
+    # a smile and a turned head on screen (as if tracked), then frames without a face: the message, and
+    # back to neutral - the view turned with the head, and turns back
+    driver.js("() => { const d = window.agora.drive; "
+              "d.shown = { mouthSmileLeft: 1, mouthSmileRight: 1, headYaw: 0.3 }; "
               "d.target = { ...d.shown }; d.loop(); }")
+    page.wait_for_function(f"() => Math.abs(window.agora.getCamera().position[0] - {home[0]}) > 0.01", timeout=20000)
     page.wait_for_function("() => window.agora.drive.message.startsWith('Face lost')", timeout=60000)
     smile = [driver.js("() => window.agora.getParams()")[i] for i, p in enumerate(driver.js(
         "() => window.agora.parameters()")) if p["name"] == "mouthSmileLeft"]
     page.wait_for_function("() => Math.max(...window.agora.getParams().map(Math.abs)) < 0.01", timeout=20000)
+    page.wait_for_function(f"() => Math.abs(window.agora.getCamera().position[0] - {home[0]}) < 1e-3", timeout=20000)
     stats = driver.js("() => window.agora.drive.stats()")
     assert stats["results"] > 0 and stats["faces"] == 0 and stats["active"]
     assert stats["trackMs"] > 0, stats  # frames without a face are tracked (and timed) too

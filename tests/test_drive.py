@@ -302,3 +302,45 @@ def test_without_the_tracker_files_the_page_says_so(page, drive_site, tmp_path):
         assert driver.js("() => window.agora.state") == "ready" and not driver.errors, driver.errors
     finally:
         site.server.close()
+
+
+def test_filter_resampling_mirroring_and_rest_in_the_page(page, drive_site):
+    driver = PageDriver(page, drive_site)
+    assert driver.open(bundle="head.agm") == "ready"
+    out = driver.js("""async () => {
+        const { OneEuroFilter } = await import('/static/js/drive/one-euro.js');
+        const { resample } = await import('/static/js/drive/recorder.js');
+        const fp = await import('/static/js/drive/face-params.js');
+        // jitter on a still value is smoothed; a fast step is followed within a few samples (30 Hz)
+        let seed = 1;
+        const noise = () => { seed = (seed * 16807) % 2147483647; return seed / 2147483647 - 0.5; };
+        const f = new OneEuroFilter();
+        const raw = [], filtered = [];
+        for (let i = 0; i < 120; i++) {
+          const x = 0.5 + 0.05 * noise();
+          raw.push(x);
+          filtered.push(f.filter(x, i / 30));
+        }
+        const sd = (xs) => { const m = xs.reduce((a, b) => a + b) / xs.length;
+          return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length); };
+        const step = [];
+        for (let i = 120; i < 130; i++) step.push(f.filter(1.0, i / 30));
+        const take = resample([{ t: 0, values: [0, 1] }, { t: 0.1, values: [1, 1] }], ['a', 'b'], 30);
+        const rest = fp.arkitFromMeasures(fp.DEFAULT_NEUTRAL);
+        return { sdRaw: sd(raw.slice(20)), sdFiltered: sd(filtered.slice(20)), step,
+                 take, restMax: Math.max(...Object.values(rest).map(Math.abs)),
+                 mirrored: fp.mirrored({ eyeBlinkLeft: 1, eyeBlinkRight: 0, jawLeft: 0.5, headYaw: 0.2, headRoll: 0.1,
+                                         headPitch: 0.3 }),
+                 measured: fp.MEASURED };
+    }""")
+    assert out["sdFiltered"] < 0.5 * out["sdRaw"]
+    assert out["step"][4] > 0.9  # within 5 frames (~0.17 s) of a jump to 1
+    take = out["take"]
+    assert take["num_frames"] == 4 and take["fps"] == 30 and take["names"] == ["a", "b"]
+    assert [round(r[0], 4) for r in take["frames"]] == [0.0, 0.3333, 0.6667, 1.0]
+    assert out["restMax"] == 0  # the resting face is neutral
+    assert out["mirrored"] == {"eyeBlinkRight": 1, "eyeBlinkLeft": 0, "jawRight": 0.5, "headYaw": -0.2,
+                               "headRoll": -0.1, "headPitch": 0.3}
+    from agora_core.types.spec import ARKIT_NAMES
+
+    assert set(out["measured"]) <= set(ARKIT_NAMES) and len(out["measured"]) == 20

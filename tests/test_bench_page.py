@@ -104,7 +104,8 @@ def test_a_baseline_of_another_avatar_is_refused(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     assert load_baseline(same, same_inputs, tiny).match_max_m < match_bound(tiny)
     small = tmp_path / "small.onnx"
-    r = runner.invoke(cli_app, ["onnx", "--preset", "small", "--seed", "42", "--features-out", str(inputs), str(small)])
+    r = runner.invoke(cli_app, ["onnx", "--preset", "small", "--seed", "42", "--gaussians", "16000", "--features-out",
+                                str(inputs), str(small)])
     assert r.exit_code == 0, r.output
     with pytest.raises(AgoraError, match="16,008 Gaussians but the bundle has 614"):
         load_baseline(small, inputs, tiny)

@@ -252,12 +252,13 @@ def test_adversarial_fine_tune_of_the_builtin_model(tmp_path, synth_dir):
 def test_builtin_model_is_the_default_and_gallery_renders(tmp_path, builtin_head):
     from PIL import Image
 
-    from agora_core.generator.checkpoint import BUILTIN_MODEL, build_generator
+    from agora_core.generator.checkpoint import BUILTIN_MODEL, BUILTIN_MODEL_GAUSSIANS, build_generator
     from exporter.cli.export import app as export_app
 
     assert BUILTIN_MODEL.is_file() and BUILTIN_MODEL.stat().st_size <= 25e6
     trained = build_generator(None, builtin_head, "small")
-    assert trained.source == "built-in trained model" and trained.num_gaussians == 16008
+    assert trained.source == "built-in trained model"
+    assert trained.cfg.target_gaussians == BUILTIN_MODEL_GAUSSIANS and trained.num_gaussians == 45082
     untrained = build_generator(None, builtin_head, "tiny", init_seed=3)
     assert untrained.source.startswith("untrained")
     out = tmp_path / "g.png"

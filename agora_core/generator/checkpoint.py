@@ -135,6 +135,10 @@ def load_generator(path: str | os.PathLike, head: HeadModel) -> AgoraGenerator:
 BUILTIN_MODEL = Path(__file__).resolve().parents[1] / "data" / "builtin_generator.pt"
 BUILTIN_MODEL_HEAD = BUILTIN_HEAD
 BUILTIN_MODEL_PRESET = DEFAULT_PRESET
+# The count the built-in model is sampled at unless a command's --gaussians says otherwise (the UV networks do
+# not depend on it): the smallest measured count at which every viewer preset moves the face >= 0.8 as much
+# as the teacher's, with face PSNR >= 28 dB (`python -m benchmarks.builtin_quality`; README, "Measured quality").
+BUILTIN_MODEL_GAUSSIANS = 45_000
 
 
 def builtin_model_applies(head: HeadModel, preset: str) -> bool:
@@ -148,13 +152,15 @@ def build_generator(checkpoint: str | os.PathLike | None, head: HeadModel, prese
 
     * ``checkpoint`` when given;
     * else the built-in trained model (``agora_core/data/builtin_generator.pt``) for the built-in head
-      and preset ``small`` - the model `agora-train` produced on the synthetic data (docs/training.md);
+      and preset ``small`` - the model `agora-train` produced on the synthetic data (docs/training.md),
+      sampled at :data:`BUILTIN_MODEL_GAUSSIANS`;
     * else a seeded untrained ``preset`` generator (other presets, FLAME heads).
     """
     if checkpoint is not None:
         gen = load_generator(checkpoint, head)
     elif builtin_model_applies(head, preset):
         gen = load_generator(BUILTIN_MODEL, head)
+        gen.set_gaussian_count(BUILTIN_MODEL_GAUSSIANS)
         gen.source = "built-in trained model"
     else:
         cfg = get_preset(preset)

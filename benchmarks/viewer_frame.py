@@ -1,8 +1,8 @@
 """Frame time of the WebGL2 viewer: per-splat cost, full frames, animated against static frames.
 
 Run with ``python -m benchmarks.viewer_frame`` (``--help`` for options; needs Playwright and the
-Debian ``chromium`` package). For each Gaussian count (default 16K - the model's own count - 65K and
-235K) a bundle made by ``agora-export bundle --seed 42 [--gaussians N]`` (cached in ``--workdir``;
+Debian ``chromium`` package). For each Gaussian count (default 16K, 65K and 235K) a bundle made by
+``agora-export bundle --seed 42 --gaussians N`` (cached in ``--workdir``;
 or given with ``--bundles``) is served on 127.0.0.1 and opened in headless Chromium with the
 loopback-only flags, at each ``--sizes`` and ``--draw`` path. ``--baseline-rev REV`` serves the
 viewer of another git revision (its ``webviewer/static``, from ``git archive``) beside the current
@@ -53,7 +53,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "viewer_frame.json"
 PAGE_JS = Path(__file__).resolve().with_name("viewer_frame_page.js")
 MODES = ("scissor", "full", "redraw", "orbit", "animated", "blend")
 PEER_MODES = ("scissor", "full")
-MODEL_COUNT = 16_008  # the built-in model's own count: `agora-export bundle` without --gaussians
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,10 @@ class Variant:
 
 
 def bundle_for(count: int, folder: Path) -> Path:
-    """``agora-export bundle --seed 42`` at about ``count`` Gaussians (cached in ``folder``)."""
+    """``agora-export bundle --seed 42 --gaussians COUNT`` (cached in ``folder``)."""
     path = folder / f"seed42_{count}.agm"
     if not path.exists():
-        agora_bundle(["--seed", "42", *([] if count == MODEL_COUNT else ["--gaussians", str(count)]), "--quiet"], path)
+        agora_bundle(["--seed", "42", "--gaussians", str(count), "--quiet"], path)
     return path
 
 
@@ -277,8 +276,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description="Per-splat, full-frame and animated frame time of the WebGL2 viewer "
                                                  "(headless Chromium, SwiftShader).")
-    parser.add_argument("--counts", type=int, nargs="+", default=[MODEL_COUNT, 65_000, 235_000],
-                        help=f"Gaussian counts of the bundles to make ({MODEL_COUNT:,}: the model's own)")
+    parser.add_argument("--counts", type=int, nargs="+", default=[16_000, 65_000, 235_000],
+                        help="Gaussian counts of the bundles to make (--gaussians of `agora-export bundle`)")
     parser.add_argument("--bundles", type=Path, nargs="+", help="existing .agm bundles instead of --counts")
     parser.add_argument("--draw", nargs="+", default=["indexed", "instanced"],
                         choices=["indexed", "vertex", "instanced"], help="draw path(s) of the splat pass")

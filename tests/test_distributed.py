@@ -201,6 +201,26 @@ def test_two_gloo_ranks_extract_the_same_bases_as_one_process(tmp_path, one_thre
         assert two["explained_variance_sketch"][g] <= two["explained_variance"][g] + 1e-6, g
 
 
+def test_bundle_command_under_torchrun_and_its_progress_resumes_only_with_two_ranks(tmp_path):
+    from exporter.agm.inspect import inspect_agm
+    from exporter.cli.export import app as export_app
+
+    out, progress = tmp_path / "two.agm", tmp_path / "progress"
+    args = ["bundle", str(out), "--preset", "tiny", "--samples", "64", "--rank", "4", "--epochs", "2", "--quiet",
+            "--progress-dir", str(progress)]
+    proc = torchrun(["-m", "exporter.cli.export", *args], nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(f"wrote {out}") == 1, "rank 0 alone writes and reports the bundle"
+    assert inspect_agm(out)["valid"]
+    assert sorted(p.name for p in progress.iterdir()) == [
+        "projection_state.rank0-of-2.pt", "projection_state.rank1-of-2.pt",
+        "svd_state.rank0-of-2.pt", "svd_state.rank1-of-2.pt"]
+    res = CliRunner().invoke(export_app, [*args[:1], str(tmp_path / "one.agm"), *args[2:]])
+    assert res.exit_code == 2, res.output
+    assert "holds the progress of a launch with 2 ranks" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "one.agm").exists()
+
+
 @pytest.mark.parametrize("env, message", [
     ({"RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0"}, "global batch 8 does not split over 3 rank(s)"),
     ({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK='x' is not an integer"),

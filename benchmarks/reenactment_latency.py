@@ -106,6 +106,10 @@ def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None,
     device = device or torch.device("cpu")
     torch.manual_seed(0)
     gen = build_generator(None, head, preset)
+    used_bundle = bundle is not None
+    blend = TorchBlend.from_bundle(bundle) if used_bundle else None
+    if blend is not None:  # the generator sampled at the bundle's count (the networks do not depend on it)
+        gen.set_gaussian_count(blend.neutral["xyz"].numel() // 3)
     cache = identity_from_seed(gen, 42)
     conds = ExpressionPrior.for_head(head).sample(range(frames), seed=1)
     G = gen.num_gaussians
@@ -125,8 +129,8 @@ def bench_preset(preset: str, head, frames: int, rank: int, bundle: Path | None,
     with torch.no_grad():
         full = timed(lambda: gen_d.animate(cache_d, Condition.from_vector(next_cond_d(), head.num_expression)),
                      warmup, frames, sync)
-    used_bundle = bundle is not None
-    blend = TorchBlend.from_bundle(bundle) if used_bundle else TorchBlend.random(G, head.condition_dim, rank)
+    if blend is None:
+        blend = TorchBlend.random(G, head.condition_dim, rank)
     if blend.neutral["xyz"].numel() != 3 * G:
         raise SystemExit(f"--bundle has {blend.neutral['xyz'].numel() // 3} Gaussians, preset {preset} has {G}")
     blend = blend.to(device)

@@ -675,6 +675,16 @@ def test_random_corruption_never_escapes_as_another_exception(bundle, tmp_path):
 JUNK = [None, -1, 0, 2**53, 2**70, 1.5, -1e300, "x", "", True, [], [-1], [2**40] * 9, {}, {"a": 1}]
 
 
+def replacing(path: tuple, value):
+    """A header mutation (for :func:`rebuild`) that sets the value at ``path`` (keys / indices) to ``value``."""
+    def mutate(h, body, start):
+        target = h
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return mutate
+
+
 def _paths(obj, prefix=()):
     yield prefix
     if isinstance(obj, dict):
@@ -695,13 +705,8 @@ def test_every_header_value_replaced_by_junk_gives_a_format_error(tmp_path):
     outcomes = {"ok": 0, "error": 0}
     for p in paths:
         for junk in rng.choice(np.array(JUNK, dtype=object), size=4, replace=False):
-            def mutate(h, body, start, p=p, junk=junk):
-                target = h
-                for key in p[:-1]:
-                    target = target[key]
-                target[p[-1]] = junk
             try:
-                read_agm(rebuild(data, mutate))
+                read_agm(rebuild(data, replacing(p, junk)))
                 outcomes["ok"] += 1
             except AgmFormatError as exc:
                 assert "\n" not in str(exc)

@@ -15,7 +15,7 @@ from exporter.agm.encode import decode_quats, encode_quats, index_from_mask, mas
 from exporter.agm.inspect import format_inspection
 from exporter.agm.write import COMPACT, NEUTRAL_BITS, StorageConfig
 from exporter.cli.export import app
-from tests.test_agm import JUNK, _paths, expect_error, make_bundle, random_params, section, split
+from tests.test_agm import JUNK, _paths, expect_error, make_bundle, random_params, replacing, section, split
 
 runner = CliRunner()
 ACTIVE = {"xyz": 0.5, "scale": 0.2, "rotation": 0.5, "opacity": 0.9}
@@ -345,13 +345,8 @@ def test_inspect_text_fuzz(tmp_path):
     texts = 0
     for p in [p for p in _paths(header) if p]:
         for junk in rng.choice(np.array(JUNK + ["\ud800", {"\udc00": 1}], dtype=object), size=3, replace=False):
-            def mutate(h, body, start, p=p, junk=junk):
-                target = h
-                for key in p[:-1]:
-                    target = target[key]
-                target[p[-1]] = junk
             try:
-                report = inspect_agm(rebuild11(data, mutate), name="f.agm")
+                report = inspect_agm(rebuild11(data, replacing(p, junk)), name="f.agm")
             except AgmFormatError as exc:
                 assert "\n" not in str(exc)
                 continue

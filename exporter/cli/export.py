@@ -18,6 +18,8 @@ from agora_core.agora_m.config import ExtractionConfig
 from agora_core.types.errors import AgoraError
 from exporter.cli.options import (
     MODEL_DEFAULTS,
+    BaselineInputsOpt,
+    BaselineOnnxOpt,
     BudgetDbOpt,
     CheckpointOpt,
     HeadOpt,
@@ -376,10 +378,8 @@ def serve(
     bench: bool = typer.Option(False, "--bench", help="Benchmark mode: also serve the ONNX baseline of the first "
                                "bundle's avatar (built from its provenance) for /bench, save the results phones "
                                "send, and print the URL/QR code of /bench."),
-    baseline_onnx: Path | None = typer.Option(None, help="With --bench: use this `agora-export onnx` file as the "
-                                                 "baseline instead of building one (needs --baseline-inputs)."),
-    baseline_inputs: Path | None = typer.Option(None, help="With --baseline-onnx: its identity inputs "
-                                                   "(`agora-export onnx --features-out` .npz)."),
+    baseline_onnx: BaselineOnnxOpt = None,
+    baseline_inputs: BaselineInputsOpt = None,
     results_dir: Path | None = typer.Option(None, help="With --bench: where posted results are saved "
                                                "(default: bench-results/ beside the first bundle)."),
     checkpoint: CheckpointOpt = None,
@@ -467,9 +467,8 @@ def site(
     bench: bool = typer.Option(False, "--bench", help="Also the benchmark page (bench.html), onnxruntime-web's "
                                "files and the ONNX baseline of the first bundle's avatar (results are offered as "
                                "a download: a static host keeps no posts)."),
-    baseline_onnx: Path | None = typer.Option(None, help="With --bench: this `agora-export onnx` file as the "
-                                                 "baseline (needs --baseline-inputs)."),
-    baseline_inputs: Path | None = typer.Option(None, help="With --baseline-onnx: its identity inputs (.npz)."),
+    baseline_onnx: BaselineOnnxOpt = None,
+    baseline_inputs: BaselineInputsOpt = None,
     checkpoint: CheckpointOpt = None,
     head: Annotated[str | None, typer.Option(help="With --bench, for a FLAME bundle: its head model file.")] = None,
 ) -> None:

@@ -113,6 +113,12 @@ class Quant(str, Enum):
 
 
 # The storage options of every command that writes a bundle (`bundle`, `import-official`): declared once.
+# the ONNX baseline of `serve --bench` and `site --bench`
+BaselineOnnxOpt = Annotated[Path | None, typer.Option(
+    help="With --bench: use this `agora-export onnx` file as the baseline instead of building one (needs "
+         "--baseline-inputs).")]
+BaselineInputsOpt = Annotated[Path | None, typer.Option(
+    help="With --baseline-onnx: its identity inputs (`agora-export onnx --features-out` .npz).")]
 QuantOpt = Annotated[Quant, typer.Option(help="Storage of the bases: int8 with per-basis scales, or fp16.")]
 NeutralOpt = Annotated[str, typer.Option(
     help="Storage of the neutral attributes (.agm 1.1): q8 (positions 16-bit, the rest 8-bit), q12 "

@@ -1,7 +1,8 @@
 """The viewer's splat pipeline in a real browser (headless Chromium, SwiftShader, loopback only):
 the projection pass and when it runs, the three draw paths, the depth order computed from the blend
-pass's own positions (read back asynchronously), and the blend pass that leaves uncarried Gaussians
-alone between full runs. Render parity with the project rasterizer is in test_webviewer_browser.py.
+pass's own positions (read back asynchronously), the GPU order (carried Gaussians first) and the
+blend pass that leaves uncarried Gaussians alone between full runs, its looped path for ranks past
+the unrolled blocks. Render parity with the project rasterizer is in test_webviewer_browser.py.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ READ_ORDER = """() => {
   gl.bindFramebuffer(gl.FRAMEBUFFER, null);
   gl.deleteFramebuffer(fbo);
   const n = v.data.splatCount;
+  const perm = v.data.perm;  // GPU index -> bundle index (null: the same order)
   const order = [];
-  for (let i = 0; i < n; i++) order.push(px[i * 4]);
+  for (let i = 0; i < n; i++) order.push(perm ? perm[px[i * 4]] : px[i * 4]);
   const view = v.camera.view(v.canvas.width, v.canvas.height);
   return { order, forward: view.R[2], tz: view.t[2] };
 }"""
@@ -39,7 +41,16 @@ def site(tmp_path_factory):
     head = synthetic_bundle(COUNT, identities=2, ranks=(8, 8, 8, 4), hidden=(32,), names="arkit", seed=4,
                             tiny_fraction=0.4)
     write_agm(head, d / "head.agm", quant="int8", sparse_threshold=1e-3)
-    with served({"head.agm": d / "head.agm"}) as s:
+    # ranks past the blend pass's unrolled blocks (16 texels per component: K 256 int8, 128 fp16):
+    # those groups take its loop
+    wide = synthetic_bundle(700, ranks={"xyz": 140, "scale": 3, "rotation": 0, "opacity": 2}, hidden=(16,),
+                            names="arkit", seed=5)
+    write_agm(wide, d / "wide_fp16.agm", quant="fp16", sparse_threshold=1e-3)
+    wide = synthetic_bundle(500, ranks={"xyz": 3, "scale": 0, "rotation": 260, "opacity": 0}, hidden=(16,),
+                            names="arkit", seed=6)
+    write_agm(wide, d / "wide_int8.agm", quant="int8", sparse_threshold=1e-3)
+    names = ("head.agm", "wide_fp16.agm", "wide_int8.agm")
+    with served({name: d / name for name in names}) as s:
         yield s
 
 
@@ -141,4 +152,55 @@ def test_blend_keeps_uncarried_gaussians_across_identity_changes(viewer, site):
         want = ref.animate_arrays(np.array(params, np.float32), identity)
         np.testing.assert_allclose(got["means"].reshape(COUNT, 3), want["means"], atol=1e-6, rtol=0)
         np.testing.assert_allclose(got["scales"].reshape(COUNT, 3), want["scales"], atol=1e-7, rtol=1e-5)
+        np.testing.assert_allclose(got["opacities"], want["opacities"][:, 0], atol=2e-6, rtol=0)
+
+
+LAYOUT = """() => { const d = window.agora.viewer.data, g = window.agora.viewer.generator;
+  return { perm: d.perm ? Array.from(d.perm) : null, carried: d.carried, carriedRows: d.carriedRows, rows: d.rows,
+           lastRows: g.lastRows }; }"""
+
+
+def test_gpu_order_puts_carried_gaussians_first_and_blends_only_their_rows(viewer, site):
+    """The GPU order is the carried Gaussians, then the others (bundle order within each part); after
+    an identity's first (full) blend pass the next ones draw only the carried Gaussians' rows and the
+    read-back after them copies only those rows - and the sort still sees every Gaussian."""
+    ref = read_agm(site.bundles["head.agm"])
+    carried = np.zeros(COUNT, bool)
+    for basis in ref.bases.values():
+        if basis.rank:
+            carried[np.arange(COUNT) if basis.index is None else basis.index] = True
+    assert viewer.open(bundle="head.agm", size=f"{SIZE}x{SIZE}") == "ready"
+    layout = viewer.js(LAYOUT)
+    perm = np.array(layout["perm"])
+    n = int(carried.sum())
+    assert layout["carried"] == n and layout["carriedRows"] == -(-n // 2048) < layout["rows"]
+    assert sorted(perm.tolist()) == list(range(COUNT))
+    assert carried[perm[:n]].all() and not carried[perm[n:]].any()
+    assert (np.diff(perm[:n]) > 0).all() and (np.diff(perm[n:]) > 0).all()
+    for k, (identity, rows) in enumerate(((0, "carriedRows"), (1, "rows"), (1, "carriedRows"))):
+        viewer.js("([p, i]) => { window.agora.setIdentity(i); window.agora.setParams(p); "
+                  "return window.agora.settled(); }", [_params(ref, 20 + k), identity])
+        got = viewer.js(LAYOUT)
+        assert got["lastRows"] == layout[rows], (identity, rows)
+        assert viewer.js("() => window.agora.stats().visible") == COUNT
+
+
+@pytest.mark.parametrize(("name", "group"), [("wide_fp16.agm", 0), ("wide_int8.agm", 2)])
+def test_blend_loops_over_groups_past_the_unrolled_blocks(viewer, site, name, group):
+    """A group past the unrolled blocks (fp16 xyz at rank 140: 18 texels per component; int8 rotation
+    at rank 260: 17) takes the blend pass's loop, the other groups the unrolled blocks: both match
+    the Python reference."""
+    ref = read_agm(site.bundles[name])
+    assert viewer.open(bundle=name) == "ready"
+    assert viewer.js("(g) => window.agora.viewer.data.basisTexels[g]", group) > 16
+    G = ref.gaussian_count
+    for k in range(2):
+        params = _params(ref, 30 + k)
+        viewer.js("(p) => window.agora.setParams(p)", params)
+        got = viewer.blended()
+        want = ref.animate_arrays(np.array(params, np.float32), 0)
+        assert np.abs(want["means"] - ref.identities[0].neutral.means.numpy()).max() > 1e-4  # it moved
+        np.testing.assert_allclose(got["means"].reshape(G, 3), want["means"], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got["scales"].reshape(G, 3), want["scales"], atol=1e-7, rtol=1e-5)
+        np.testing.assert_allclose(got["quats"].reshape(G, 4), want["quats"], atol=2e-6, rtol=0)
         np.testing.assert_allclose(got["opacities"], want["opacities"][:, 0], atol=2e-6, rtol=0)

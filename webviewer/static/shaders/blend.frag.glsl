@@ -1,16 +1,22 @@
 #version 300 es
 #include "common.glsl"
-// The blend pass: one fragment per Gaussian (GAUSS_TW per row). For each group g:
+// The blend pass: one fragment per Gaussian (GAUSS_TW per row, GPU order). For each group g:
 //   A_g = neutral_g + sum_k c_g[k] U_g[k, slot]   (Gaussians without a slot keep the neutral value)
 // then the constraints (scale floor, unit quaternion, opacity clamp).
 // Bases are RGBA32UI 2D arrays: texel (slot, layer j * T + q) packs 16 int8 values (BASES_INT8) or
-// 8 fp16 values of component j for bases 16q.. (8q..), see splat-data.js. Per block of 16 (8)
-// bases the coefficients (int8: already multiplied by the per-basis scales) are fetched once and
-// shared by the group's components (no local arrays: dynamic indexing of those, or of a uniform
-// block, measured 2-3x slower under SwiftShader); each texel adds 16 (8) products with 4 (2) dot products. The
-// animated Gaussians go to three RGBA32UI targets as float bits. With uSkipStatic the Gaussians no
-// group carries (their animated values are their neutral ones) are left as the last full run wrote
-// them: the pass then costs them one slot fetch.
+// 8 fp16 values of component j for bases 16q.. (8q..), see splat-data.js; each texel adds 16 (8)
+// products with 4 (2) dot products, skipping the words of a group's last block past its rank.
+// The coefficients (int8: already multiplied by the per-basis scales) are a uniform block: the MLP
+// output copied into a buffer on the GPU (generator.js). The bundle's layout is compiled in
+// (COEFF_TEXELS; per group START_* its first coefficient texel, BLOCKS_* = T its texels per
+// component, RANK_* its rank, CARRIES_* whether its basis carries any Gaussian) and each group's
+// blocks are unrolled by the preprocessor, so every coefficient is read at a constant index (no
+// fetch per Gaussian; dynamic indexing - of local arrays or a uniform block - measured 2-3x slower
+// under SwiftShader). Groups of more than UNROLLED_BLOCKS texels per component loop instead.
+// The animated Gaussians go to three RGBA32UI targets as float bits. SKIP_STATIC (the targets hold
+// this identity's blend): only the first rows, where the GPU order puts the carried Gaussians, are
+// drawn; the uncarried ones there are discarded, and only the targets some group moves are written
+// (the generator turns the other draw buffers off).
 precision highp sampler2D;
 precision highp isampler2D;
 precision highp usampler2D;
@@ -34,25 +40,28 @@ uniform sampler2D uQuats;      // RGBA32F neutral quaternions (w x y z)
 uniform sampler2D uOpacities;  // R32F neutral opacities
 #endif
 uniform isampler2D uSlots;     // RGBA32I: slot m of the Gaussian in each group's basis, -1 if none
-uniform usampler2D uCoeffs;    // blend coefficients (float bits; int8: times the per-basis scales),
-                               // group g from texel uStart[g] / 4
 uniform usampler2DArray uBasisXyz;
 uniform usampler2DArray uBasisScale;
 uniform usampler2DArray uBasisRotation;
 uniform usampler2DArray uBasisOpacity;
-uniform ivec4 uTexelsPerComp;  // per group: packed texels per component
-uniform ivec4 uStart;          // per group: first coefficient (a multiple of 16)
 uniform int uCount;
-uniform bool uSkipStatic;      // the targets hold this identity's blend: leave uncarried Gaussians
 uniform float uScaleMin;
 uniform float uOpacityMin;
 uniform float uOpacityMax;
+
+// the blend coefficients, 4 per texel (float bits as floats), group g from texel START_g
+layout(std140) uniform Coefficients {
+  vec4 uC[COEFF_TEXELS];
+};
 
 layout(location = 0) out uvec4 oMeanOpacity;
 layout(location = 1) out uvec4 oScale;
 layout(location = 2) out uvec4 oQuat;
 
-vec4 coeff(int texel) { return uintBitsToFloat(texelFetch(uCoeffs, at(texel, VEC_TW), 0)); }
+#define UNROLLED_BLOCKS 16
+// coefficient texel i (a constant expression; clamped so that the blocks an unrolled group does
+// not have still compile)
+#define C(i) uC[min((i), COEFF_TEXELS - 1)]
 
 #ifdef BASES_INT8
 // the 4 signed bytes of w, lowest first
@@ -60,47 +69,61 @@ vec4 bytes4(uint w) {
   vec4 v = vec4(uvec4(w, w >> 8u, w >> 16u, w >> 24u) & 0xFFu);
   return v - 256.0 * step(128.0, v);
 }
-#define VALUES_PER_TEXEL 16
+// block q (bases 16q..16q+15) of a group of rank K from coefficient texel S: the words with bases < K
+#define BLOCK_DOT(U, S, q, K) (dot(C((S) + 4 * (q)), bytes4((U).x)) \
+  + (16 * (q) + 4 < (K) ? dot(C((S) + 4 * (q) + 1), bytes4((U).y)) : 0.0) \
+  + (16 * (q) + 8 < (K) ? dot(C((S) + 4 * (q) + 2), bytes4((U).z)) : 0.0) \
+  + (16 * (q) + 12 < (K) ? dot(C((S) + 4 * (q) + 3), bytes4((U).w)) : 0.0))
+#define TEXEL_COEFFS 4
 #else
-#define VALUES_PER_TEXEL 8
+vec4 halves4(uint a, uint b) { return vec4(unpackHalf2x16(a), unpackHalf2x16(b)); }
+// texel q (bases 8q..8q+7) of a group of rank K from coefficient texel S
+#define BLOCK_DOT(U, S, q, K) (dot(C((S) + 2 * (q)), halves4((U).x, (U).y)) \
+  + (8 * (q) + 4 < (K) ? dot(C((S) + 2 * (q) + 1), halves4((U).z, (U).w)) : 0.0))
+#define TEXEL_COEFFS 2
 #endif
 
-// sum over the bases of one packed texel; c0..c3 are the coefficients of its 16 bases (int8),
-// c0, c1 of its 8 bases (fp16)
-float texelDot(uvec4 w, vec4 c0, vec4 c1, vec4 c2, vec4 c3) {
-#ifdef BASES_INT8
-  return dot(c0, bytes4(w.x)) + dot(c1, bytes4(w.y)) + dot(c2, bytes4(w.z)) + dot(c3, bytes4(w.w));
-#else
-  return dot(c0, vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y))) + dot(c1, vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w)));
-#endif
+// block q of a group (basis texture B, slot texel xy, T texels per component, DIM components) into acc
+#define BLOCK(acc, B, xy, S, T, K, DIM, q) if ((q) < (T)) { \
+  acc.x += BLOCK_DOT(texelFetch(B, ivec3(xy, (q)), 0), S, q, K); \
+  if ((DIM) > 1) { \
+    acc.y += BLOCK_DOT(texelFetch(B, ivec3(xy, (T) + (q)), 0), S, q, K); \
+    acc.z += BLOCK_DOT(texelFetch(B, ivec3(xy, 2 * (T) + (q)), 0), S, q, K); \
+  } \
+  if ((DIM) > 3) acc.w += BLOCK_DOT(texelFetch(B, ivec3(xy, 3 * (T) + (q)), 0), S, q, K); \
 }
+#define BLOCKS4(acc, B, xy, S, T, K, DIM, q) BLOCK(acc, B, xy, S, T, K, DIM, q) \
+  BLOCK(acc, B, xy, S, T, K, DIM, (q) + 1) BLOCK(acc, B, xy, S, T, K, DIM, (q) + 2) \
+  BLOCK(acc, B, xy, S, T, K, DIM, (q) + 3)
+#define BLOCKS16(acc, B, xy, S, T, K, DIM) BLOCKS4(acc, B, xy, S, T, K, DIM, 0) \
+  BLOCKS4(acc, B, xy, S, T, K, DIM, 4) BLOCKS4(acc, B, xy, S, T, K, DIM, 8) BLOCKS4(acc, B, xy, S, T, K, DIM, 12)
 
-// sum_k c[k] U[k, slot, 0..dim-1]: one pass over the group's coefficient blocks, each block's
-// coefficients fetched once and shared by the dim components (no arrays: no dynamic indexing)
-vec4 blendGroup(usampler2DArray basis, int slot, int dim, int perComp, int start) {
+// a group of more than UNROLLED_BLOCKS texels per component: the same sum in a loop
+vec4 blendLoop(usampler2DArray B, ivec2 xy, int S, int T, int dim) {
   vec4 acc = vec4(0.0);
-  ivec2 xy = at(slot, GAUSS_TW);
-  int t = start >> 2;
-  for (int q = 0; q < perComp; q++) {
-    vec4 c0 = coeff(t);
-    vec4 c1 = coeff(t + 1);
+  for (int q = 0; q < T; q++) {
+    for (int j = 0; j < TEXEL_COEFFS; j++) {
+      vec4 c = uC[S + TEXEL_COEFFS * q + j];
+      vec4 x = vec4(0.0);
+      for (int d = 0; d < dim; d++) {
+        uvec4 w = texelFetch(B, ivec3(xy, d * T + q), 0);
 #ifdef BASES_INT8
-    vec4 c2 = coeff(t + 2);
-    vec4 c3 = coeff(t + 3);
-    t += 4;
+        x[d] = dot(c, bytes4(w[j]));
 #else
-    vec4 c2 = vec4(0.0);
-    vec4 c3 = vec4(0.0);
-    t += 2;
+        x[d] = dot(c, vec4(unpackHalf2x16(w[2 * j]), unpackHalf2x16(w[2 * j + 1])));
 #endif
-    acc.x += texelDot(texelFetch(basis, ivec3(xy, q), 0), c0, c1, c2, c3);
-    if (dim > 1) {
-      acc.y += texelDot(texelFetch(basis, ivec3(xy, perComp + q), 0), c0, c1, c2, c3);
-      acc.z += texelDot(texelFetch(basis, ivec3(xy, 2 * perComp + q), 0), c0, c1, c2, c3);
+      }
+      acc += x;
     }
-    if (dim > 3) acc.w += texelDot(texelFetch(basis, ivec3(xy, 3 * perComp + q), 0), c0, c1, c2, c3);
   }
   return acc;
+}
+
+// sum_k c[k] U[k, slot, 0..DIM-1] of a group
+#define BLEND_GROUP(acc, B, slot, S, T, K, DIM) { \
+  ivec2 xy = at(slot, GAUSS_TW); \
+  if ((T) > UNROLLED_BLOCKS) acc += blendLoop(B, xy, S, T, DIM); \
+  else { BLOCKS16(acc, B, xy, S, T, K, DIM) } \
 }
 
 #ifdef NEUTRAL_QUANTIZED
@@ -128,7 +151,9 @@ void main() {
     return;
   }
   ivec4 slot = texelFetch(uSlots, px, 0);
-  if (uSkipStatic && all(lessThan(slot, ivec4(0)))) discard;
+#ifdef SKIP_STATIC
+  if (all(lessThan(slot, ivec4(0)))) discard;
+#endif
 #ifdef NEUTRAL_QUANTIZED
   vec3 mean = uMeanOrigin + uMeanStep * vec3(texelFetch(uMeans, px, 0).xyz);
   vec3 scale = exp(uLogScaleOrigin + uLogScaleStep * vec3(texelFetch(uScales, px, 0).xyz));
@@ -140,14 +165,45 @@ void main() {
   vec4 quat = texelFetch(uQuats, px, 0);
   float opacity = texelFetch(uOpacities, px, 0).x;
 #endif
-  if (slot.x >= 0) mean += blendGroup(uBasisXyz, slot.x, 3, uTexelsPerComp.x, uStart.x).xyz;
-  if (slot.y >= 0) scale += blendGroup(uBasisScale, slot.y, 3, uTexelsPerComp.y, uStart.y).xyz;
-  if (slot.z >= 0) quat += blendGroup(uBasisRotation, slot.z, 4, uTexelsPerComp.z, uStart.z);
-  if (slot.w >= 0) opacity += blendGroup(uBasisOpacity, slot.w, 1, uTexelsPerComp.w, uStart.w).x;
+  vec4 acc;
+#ifdef CARRIES_XYZ
+  if (slot.x >= 0) {
+    acc = vec4(0.0);
+    BLEND_GROUP(acc, uBasisXyz, slot.x, START_XYZ, BLOCKS_XYZ, RANK_XYZ, 3)
+    mean += acc.xyz;
+  }
+#endif
+#ifdef CARRIES_SCALE
+  if (slot.y >= 0) {
+    acc = vec4(0.0);
+    BLEND_GROUP(acc, uBasisScale, slot.y, START_SCALE, BLOCKS_SCALE, RANK_SCALE, 3)
+    scale += acc.xyz;
+  }
+#endif
+#ifdef CARRIES_ROTATION
+  if (slot.z >= 0) {
+    acc = vec4(0.0);
+    BLEND_GROUP(acc, uBasisRotation, slot.z, START_ROTATION, BLOCKS_ROTATION, RANK_ROTATION, 4)
+    quat += acc;
+  }
+#endif
+#ifdef CARRIES_OPACITY
+  if (slot.w >= 0) {
+    acc = vec4(0.0);
+    BLEND_GROUP(acc, uBasisOpacity, slot.w, START_OPACITY, BLOCKS_OPACITY, RANK_OPACITY, 1)
+    opacity += acc.x;
+  }
+#endif
   scale = max(scale, vec3(uScaleMin));
   quat = quat / max(length(quat), QUAT_NORM_EPS);
   opacity = clamp(opacity, uOpacityMin, uOpacityMax);
+#if !defined(SKIP_STATIC) || defined(CARRIES_XYZ) || defined(CARRIES_OPACITY)
   oMeanOpacity = floatBitsToUint(vec4(mean, opacity));
+#endif
+#if !defined(SKIP_STATIC) || defined(CARRIES_SCALE)
   oScale = floatBitsToUint(vec4(scale, 0.0));
+#endif
+#if !defined(SKIP_STATIC) || defined(CARRIES_ROTATION)
   oQuat = floatBitsToUint(quat);
+#endif
 }

@@ -92,22 +92,25 @@ export class OrtBaseline {
       opacities: await get("opacities") };
   }
 
-  /** Upload one result into the splat data's animated targets (the blend pass's layout). */
+  /** Upload one result into the splat data's animated targets (the blend pass's layout, in the
+   * GPU order of the Gaussians). */
   upload(gl, data, g) {
     const G = this.count;
     if (data.count !== G) throw new Error(`the baseline has ${G} Gaussians, the bundle ${data.count}`);
     if (!this.packed) this.packed = [0, 1, 2].map(() => new Float32Array(G * 4));
     const [mo, sc, q] = this.packed;
-    for (let i = 0, j = 0, k = 0; i < G; i++, j += 4, k += 3) {
+    for (let i = 0, j = 0; i < G; i++, j += 4) {
+      const b = data.perm ? data.perm[i] : i; // bundle index of GPU index i
+      const k = b * 3;
       mo[j] = g.means[k];
       mo[j + 1] = g.means[k + 1];
       mo[j + 2] = g.means[k + 2];
-      mo[j + 3] = g.opacities[i];
+      mo[j + 3] = g.opacities[b];
       sc[j] = g.scales[k];
       sc[j + 1] = g.scales[k + 1];
       sc[j + 2] = g.scales[k + 2];
+      for (let c = 0; c < 4; c++) q[j + c] = g.quats[b * 4 + c];
     }
-    q.set(g.quats.subarray(0, G * 4));
     data.animated.textures.forEach((t, a) => uploadRows(gl, t, new Uint32Array(this.packed[a].buffer), G));
     data.animatedSerial++; // the splat renderer projects them again
   }

@@ -3,6 +3,8 @@
 // fetched (getBufferSubData) only once the fence has signalled - the frame never waits for the GPU.
 // At most one copy is in flight; a newer animation while one is pending is read as soon as that
 // one is done (the target then holds the newest Gaussians), so a steady animation is never starved.
+// A copy covers only the rows the blend passes since the last copy wrote (after the first full run
+// of an identity: the carried Gaussians' rows, see splat-data.js); the sorter keeps the rest.
 
 export class PositionReadback {
   /** `data`: SplatData (its `animated` target, GAUSS_TW x rows RGBA32UI, attachment 0 = means + opacity). */
@@ -17,34 +19,42 @@ export class PositionReadback {
     gl.bindBuffer(gl.PIXEL_PACK_BUFFER, null);
     this.fence = null;
     this.inFlight = -1;   // animation serial of the copy in flight
+    this.inFlightRows = 0;
     this.wanted = -1;     // newest animation serial asked for
+    this.wantedRows = 0;  // rows written since the last copy was issued
     this.delivered = -1;  // animation serial of the last positions handed out
     this.copyMs = 0;
   }
 
-  /** The animated target now holds animation `serial`: read it back (now, or after the pending copy). */
-  request(serial) {
+  /** The animated target now holds animation `serial`, its first `rows` rows rewritten (all by
+   * default): read it back (now, or after the pending copy). */
+  request(serial, rows = this.data.animated.height) {
     this.wanted = serial;
+    this.wantedRows = Math.max(this.wantedRows, rows);
     if (!this.fence) this.issue();
   }
 
   issue() {
     const gl = this.gl;
     const t = this.data.animated;
+    const rows = Math.min(t.height, this.wantedRows);
+    this.wantedRows = 0;
     gl.bindFramebuffer(gl.READ_FRAMEBUFFER, t.fbo);
     gl.readBuffer(gl.COLOR_ATTACHMENT0);
     gl.bindBuffer(gl.PIXEL_PACK_BUFFER, this.buffer);
-    gl.readPixels(0, 0, t.width, t.height, gl.RGBA_INTEGER, gl.UNSIGNED_INT, 0);
+    gl.readPixels(0, 0, t.width, rows, gl.RGBA_INTEGER, gl.UNSIGNED_INT, 0);
     gl.bindBuffer(gl.PIXEL_PACK_BUFFER, null);
     gl.bindFramebuffer(gl.READ_FRAMEBUFFER, null);
     this.fence = gl.fenceSync(gl.SYNC_GPU_COMMANDS_COMPLETE, 0);
     this.inFlight = this.wanted;
+    this.inFlightRows = rows;
     gl.flush();
   }
 
   /** If the copy in flight is complete: {serial, positions} (Float32Array, x y z opacity per
-   * Gaussian, a fresh buffer the caller may transfer), and the next copy is issued if one is wanted;
-   * else null. Never blocks. */
+   * Gaussian of the first rows copied, in the GPU order - all Gaussians after a full run - a fresh
+   * buffer the caller may transfer), and the next copy is issued if one is wanted; else null. Never
+   * blocks. */
   poll() {
     const gl = this.gl;
     if (!this.fence) return null;
@@ -53,7 +63,7 @@ export class PositionReadback {
     gl.deleteSync(this.fence);
     this.fence = null;
     const t0 = performance.now();
-    const positions = new Float32Array(this.data.count * 4);
+    const positions = new Float32Array(Math.min(this.data.count, this.inFlightRows * this.data.animated.width) * 4);
     gl.bindBuffer(gl.PIXEL_PACK_BUFFER, this.buffer);
     gl.getBufferSubData(gl.PIXEL_PACK_BUFFER, 0, positions);
     gl.bindBuffer(gl.PIXEL_PACK_BUFFER, null);

@@ -1,7 +1,8 @@
 // The sorter (a module Web Worker): depth-sorts the ANIMATED Gaussians back to front.
 //
 // The positions are the blend pass's own output, read back from the GPU asynchronously by the main
-// thread (js/gpu/readback.js) and sent here when they change (x y z opacity per Gaussian); a sort
+// thread (js/gpu/readback.js) and sent here when they change (x y z opacity per Gaussian, GPU
+// order; a shorter array replaces only the first Gaussians, the ones the blend pass moves); a sort
 // request carries only the camera, and is answered with the latest positions this worker has - so
 // neither the read-back nor the sort ever holds up a frame. Depths are camera z of the means; keys
 // are quantised to `bits` (16: one counting-sort pass; up to 32: two LSD radix passes of 16 bits)
@@ -19,6 +20,13 @@ function init(count) {
     tmp: new Uint32Array(count),
     counts: new Uint32Array(65536),
   };
+}
+
+/** All Gaussians' positions, or the first ones' (an update of those after a full set). */
+function setPositions(pos) {
+  if (pos.length === S.count * 4) S.positions = pos;
+  else if (S.positions && pos.length < S.count * 4) S.positions.set(pos);
+  else throw new Error(`positions of ${pos.length / 4} Gaussians for ${S.count}, before any full set`);
 }
 
 /** Indices of the Gaussians with near <= z <= far, sorted by decreasing z (back to front); `pos`:
@@ -92,7 +100,7 @@ self.onmessage = (e) => {
     if (msg.type === "init") {
       init(msg.count);
     } else if (msg.type === "positions") {
-      S.positions = msg.positions;
+      setPositions(msg.positions);
       S.positionsKey = msg.key;
     } else if (msg.type === "sort") {
       if (!S.positions) throw new Error("no positions to sort yet");

@@ -21,8 +21,8 @@ export class Sorter {
     this.worker.postMessage({ type: "init", count });
   }
 
-  /** New positions (x y z opacity per Gaussian, transferred: the caller gives the buffer up), `key`
-   * naming them; later sorts use them. */
+  /** New positions (x y z opacity per Gaussian in the GPU order - all, or the first ones: see
+   * sort-worker.js - transferred: the caller gives the buffer up), `key` naming them; later sorts use them. */
   setPositions(key, positions) {
     this.positionsKey = key;
     this.worker.postMessage({ type: "positions", key, positions }, [positions.buffer]);

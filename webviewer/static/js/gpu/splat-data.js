@@ -2,7 +2,10 @@
 // passes), plus the targets the passes write.
 //
 // Layouts (shared with the shaders through #defines):
-//   per-Gaussian textures: GAUSS_TW Gaussians per row, row-major by Gaussian index;
+//   per-Gaussian textures: GAUSS_TW Gaussians per row, row-major in the GPU order: the Gaussians
+//     some group's basis carries first, then the others, each part in bundle order (`perm`: GPU
+//     index -> bundle index, null where the two orders agree), so that the blend pass and the
+//     position read-back after a full run touch only the first `carriedRows` rows;
 //   SH: SH_PER_ROW Gaussians x 4 RGB16F texels (DC, then the three degree-1 bands) per row;
 //   .agm 1.1 quantised neutral attributes stay as stored, in integer textures the shaders decode
 //     (origin + step * q; exp for log-scales; smallest-three quaternions): positions, log-scales,
@@ -56,6 +59,42 @@ export function packBasis(values, K, n, d, quant, width, rows) {
   return { words, layers, perComp, Kp };
 }
 
+/**
+ * The GPU order of a bundle's Gaussians: {perm, carried} with `carried` the Gaussians some group's
+ * basis carries (rank > 0) and `perm[i]` the bundle index of GPU index i - the carried ones first,
+ * each part in bundle order; perm is null when that is the bundle order itself.
+ */
+export function carriedFirst(groups, count) {
+  const carried = new Uint8Array(count);
+  for (const g of groups) {
+    if (g.rank === 0 || g.carried === 0) continue;
+    if (!g.index) return { perm: null, carried: count };
+    for (let m = 0; m < g.index.length; m++) carried[g.index[m]] = 1;
+  }
+  let n = 0;
+  for (let i = 0; i < count; i++) n += carried[i];
+  if (n === 0 || n === count) return { perm: null, carried: n };
+  const perm = new Uint32Array(count);
+  let front = 0;
+  let back = n;
+  for (let i = 0; i < count; i++) perm[carried[i] ? front++ : back++] = i;
+  let inOrder = true;
+  for (let i = 0; i < count && inOrder; i++) inOrder = perm[i] === i;
+  return { perm: inOrder ? null : perm, carried: n };
+}
+
+/** `values` (`per` values per Gaussian, bundle order) in the GPU order `perm` (a new array of the
+ * same type), or `values` itself without a permutation. */
+export function permuted(values, per, perm) {
+  if (!perm) return values;
+  const out = new values.constructor(perm.length * per);
+  for (let i = 0; i < perm.length; i++) {
+    const src = perm[i] * per;
+    for (let k = 0, o = i * per; k < per; k++) out[o + k] = values[src + k];
+  }
+  return out;
+}
+
 /** A vector of `n` floats as a texture of ceil(n/4) RGBA texels (VEC_TW per row), zero padded. */
 export function vectorTexture(gl, internal, n, data = null) {
   const texels = Math.max(1, ceilDiv(n, 4));
@@ -94,6 +133,10 @@ export class SplatData {
     if (Math.max(this.rows, this.shRows) > maxSize) {
       throw new Error(`${G.toLocaleString()} Gaussians need textures of ${this.shRows} rows; this GPU allows ${maxSize}`);
     }
+    const order = carriedFirst(bundle.groups, G);
+    this.perm = order.perm;
+    this.carried = order.carried;
+    this.carriedRows = ceilDiv(order.carried, GAUSS_TW);
     this.ranks = bundle.groups.map((g) => g.rank);
     this.quant = bundle.quantization;
     this.layout = coefficientLayout(this.ranks);
@@ -113,14 +156,16 @@ export class SplatData {
       this.sh = keep(createTexture2D(gl, "RGB16F", SH_PER_ROW * 4, this.shRows));
     }
 
-    // slots: where each Gaussian sits in each group's basis (-1: not carried)
+    // slots: where each Gaussian (GPU order) sits in each group's basis (-1: not carried)
+    const gpuIndex = new Uint32Array(G);
+    for (let i = 0; i < G; i++) gpuIndex[this.perm ? this.perm[i] : i] = i;
     const slots = new Int32Array(GAUSS_TW * this.rows * 4).fill(-1);
     bundle.groups.forEach((g, gi) => {
       if (g.rank === 0) return;
       if (g.index) {
-        for (let m = 0; m < g.index.length; m++) slots[g.index[m] * 4 + gi] = m;
+        for (let m = 0; m < g.index.length; m++) slots[gpuIndex[g.index[m]] * 4 + gi] = m;
       } else {
-        for (let i = 0; i < G; i++) slots[i * 4 + gi] = i;
+        for (let i = 0; i < G; i++) slots[gpuIndex[i] * 4 + gi] = i;
       }
     });
     this.slots = keep(createTexture2D(gl, "RGBA32I", GAUSS_TW, this.rows, slots));
@@ -216,11 +261,12 @@ export class SplatData {
     if (this.quantizedNeutral) {
       this.uploadQuantized(ident.neutralQ);
     } else {
-      uploadRows(gl, this.means, ident.means, G);
-      uploadRows(gl, this.scales, ident.scales, G);
-      uploadRows(gl, this.quats, ident.quats, G);
-      uploadRows(gl, this.opacities, ident.opacities, G);
-      uploadRows(gl, this.sh, ident.sh, G * 4);
+      const p = this.perm;
+      uploadRows(gl, this.means, permuted(ident.means, 3, p), G);
+      uploadRows(gl, this.scales, permuted(ident.scales, 3, p), G);
+      uploadRows(gl, this.quats, permuted(ident.quats, 4, p), G);
+      uploadRows(gl, this.opacities, permuted(ident.opacities, 1, p), G);
+      uploadRows(gl, this.sh, permuted(ident.sh, 12, p), G * 4);
     }
     this.bias0Data.fill(0);
     this.bias0Data.set(ident.mlpBias0);
@@ -239,7 +285,7 @@ export class SplatData {
     }
     const make = (internal, width, rows, data, count) => {
       const t = createTexture2D(gl, internal, width, rows);
-      uploadRows(gl, t, data, count);
+      uploadRows(gl, t, permuted(data, data.length / G, this.perm), count);
       this.textures.push(t);
       this.neutralTextures.push(t);
       return t;

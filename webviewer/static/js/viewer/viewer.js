@@ -167,7 +167,7 @@ export class Viewer {
     }
     this.stats.animRuns++;
     this.animatedVersion = this.paramsVersion;
-    this.readback.request(this.data.animatedSerial);
+    this.readback.request(this.data.animatedSerial, this.generator.lastRows);
     gl.flush();
     return true;
   }

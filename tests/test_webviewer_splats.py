@@ -161,9 +161,10 @@ LAYOUT = """() => { const d = window.agora.viewer.data, g = window.agora.viewer.
 
 
 def test_gpu_order_puts_carried_gaussians_first_and_blends_only_their_rows(viewer, site):
-    """The GPU order is the carried Gaussians, then the others (bundle order within each part); after
-    an identity's first (full) blend pass the next ones draw only the carried Gaussians' rows and the
-    read-back after them copies only those rows - and the sort still sees every Gaussian."""
+    """The GPU order is the carried Gaussians, then the others, each part far to near along the
+    bundle camera's view direction; after an identity's first (full) blend pass the next ones draw
+    only the carried Gaussians' rows and the read-back after them copies only those rows - and the
+    sort still sees every Gaussian."""
     ref = read_agm(site.bundles["head.agm"])
     carried = np.zeros(COUNT, bool)
     for basis in ref.bases.values():
@@ -176,7 +177,11 @@ def test_gpu_order_puts_carried_gaussians_first_and_blends_only_their_rows(viewe
     assert layout["carried"] == n and layout["carriedRows"] == -(-n // 2048) < layout["rows"]
     assert sorted(perm.tolist()) == list(range(COUNT))
     assert carried[perm[:n]].all() and not carried[perm[n:]].any()
-    assert (np.diff(perm[:n]) > 0).all() and (np.diff(perm[n:]) > 0).all()
+    cam = ref.camera
+    forward = np.subtract(cam["target"], cam["position"], dtype=np.float64)
+    depth = ref.identities[0].neutral.means.numpy().astype(np.float64) @ (forward / np.linalg.norm(forward))
+    for part in (perm[:n], perm[n:]):
+        assert (np.diff(depth[part]) <= 1e-6).all()  # far to near (float32 depths on the page)
     for k, (identity, rows) in enumerate(((0, "carriedRows"), (1, "rows"), (1, "carriedRows"))):
         viewer.js("([p, i]) => { window.agora.setIdentity(i); window.agora.setParams(p); "
                   "return window.agora.settled(); }", [_params(ref, 20 + k), identity])

@@ -36,9 +36,10 @@ const VALUES_PER_TEXEL = { int8: 16, fp16: 8 };
 
 /**
  * Repack a group's basis values [K, n, d] (Int8Array or Uint16Array of fp16 bits) into the layers
- * of an RGBA32UI array texture: layer j * (Kp / L) + q, texel m holds U[L q + i, m, j], i < L.
+ * of an RGBA32UI array texture: layer j * (Kp / L) + q, texel m holds U[L q + i, from[m], j], i < L
+ * (`from`: the stored slot of texel m; null: m itself).
  */
-export function packBasis(values, K, n, d, quant, width, rows) {
+export function packBasis(values, K, n, d, quant, width, rows, from = null) {
   const L = VALUES_PER_TEXEL[quant];
   const Kp = ceilDiv(K, RANK_ALIGN) * RANK_ALIGN;
   const perComp = Kp / L;
@@ -53,7 +54,7 @@ export function packBasis(values, K, n, d, quant, width, rows) {
     const src = k * n * d;
     for (let j = 0; j < d; j++) {
       let dst = (j * perComp + q) * layerTexels * vpt + i;
-      for (let m = 0, v = src + j; m < n; m++, v += d, dst += vpt) out[dst] = values[v];
+      for (let m = 0; m < n; m++, dst += vpt) out[dst] = values[src + (from ? from[m] : m) * d + j];
     }
   }
   return { words, layers, perComp, Kp };
@@ -62,25 +63,52 @@ export function packBasis(values, K, n, d, quant, width, rows) {
 /**
  * The GPU order of a bundle's Gaussians: {perm, carried} with `carried` the Gaussians some group's
  * basis carries (rank > 0) and `perm[i]` the bundle index of GPU index i - the carried ones first,
- * each part in bundle order; perm is null when that is the bundle order itself.
+ * each part far to near by `depth` (one value per Gaussian; bundle order where equal or without
+ * it), so that a back-to-front splat order from a camera near that one reads the per-Gaussian
+ * textures nearly in sequence; perm is null when that is the bundle order itself.
  */
-export function carriedFirst(groups, count) {
+export function carriedFirst(groups, count, depth = null) {
   const carried = new Uint8Array(count);
+  let all = false;
   for (const g of groups) {
     if (g.rank === 0 || g.carried === 0) continue;
-    if (!g.index) return { perm: null, carried: count };
-    for (let m = 0; m < g.index.length; m++) carried[g.index[m]] = 1;
+    if (!g.index) all = true;
+    else for (let m = 0; m < g.index.length; m++) carried[g.index[m]] = 1;
   }
+  if (all) carried.fill(1);
   let n = 0;
   for (let i = 0; i < count; i++) n += carried[i];
-  if (n === 0 || n === count) return { perm: null, carried: n };
-  const perm = new Uint32Array(count);
-  let front = 0;
-  let back = n;
-  for (let i = 0; i < count; i++) perm[carried[i] ? front++ : back++] = i;
+  const parts = [[], []];
+  for (let i = 0; i < count; i++) parts[carried[i] ? 0 : 1].push(i);
+  if (depth) parts.forEach((p) => p.sort((a, b) => depth[b] - depth[a] || a - b));
+  const perm = Uint32Array.from([...parts[0], ...parts[1]]);
   let inOrder = true;
   for (let i = 0; i < count && inOrder; i++) inOrder = perm[i] === i;
   return { perm: inOrder ? null : perm, carried: n };
+}
+
+/** Depth of each of `means` (x y z per Gaussian) along the unit vector `forward`. */
+export function depthAlong(means, forward) {
+  const [f0, f1, f2] = forward;
+  const out = new Float32Array(means.length / 3);
+  for (let i = 0; i < out.length; i++) out[i] = f0 * means[3 * i] + f1 * means[3 * i + 1] + f2 * means[3 * i + 2];
+  return out;
+}
+
+/**
+ * A group's slots in the GPU order: {gpu, stored}, slot m of the packed basis belonging to GPU
+ * index gpu[m] and holding the bundle's stored slot stored[m] (`index`: the group's sparse index,
+ * null if dense; `perm`: GPU -> bundle index, or null).
+ */
+export function gpuSlotOrder(index, perm, count) {
+  const gpuOf = new Uint32Array(count);
+  for (let i = 0; i < count; i++) gpuOf[perm ? perm[i] : i] = i;
+  const n = index ? index.length : count;
+  const stored = new Uint32Array(n);
+  for (let m = 0; m < n; m++) stored[m] = m;
+  const gpu = (m) => gpuOf[index ? index[m] : m];
+  stored.sort((a, b) => gpu(a) - gpu(b));
+  return { gpu: stored.map(gpu), stored };
 }
 
 /** `values` (`per` values per Gaussian, bundle order) in the GPU order `perm` (a new array of the
@@ -121,7 +149,8 @@ export function coefficientLayout(ranks) {
 }
 
 export class SplatData {
-  constructor(gl, bundle) {
+  /** `forward`: the view direction the GPU order is sorted along (far to near; see carriedFirst). */
+  constructor(gl, bundle, { forward = null } = {}) {
     this.gl = gl;
     this.bundle = bundle;
     const G = bundle.gaussianCount;
@@ -133,7 +162,8 @@ export class SplatData {
     if (Math.max(this.rows, this.shRows) > maxSize) {
       throw new Error(`${G.toLocaleString()} Gaussians need textures of ${this.shRows} rows; this GPU allows ${maxSize}`);
     }
-    const order = carriedFirst(bundle.groups, G);
+    const depth = forward && bundle.identities[0].means ? depthAlong(bundle.identities[0].means, forward) : null;
+    const order = carriedFirst(bundle.groups, G, depth);
     this.perm = order.perm;
     this.carried = order.carried;
     this.carriedRows = ceilDiv(order.carried, GAUSS_TW);
@@ -157,28 +187,26 @@ export class SplatData {
     }
 
     // slots: where each Gaussian (GPU order) sits in each group's basis (-1: not carried)
-    const gpuIndex = new Uint32Array(G);
-    for (let i = 0; i < G; i++) gpuIndex[this.perm ? this.perm[i] : i] = i;
+    // slots: where each Gaussian (GPU order) sits in each group's packed basis (-1: not carried);
+    // the bases are repacked in the GPU order too (slotSources), so the blend pass reads them in sequence
     const slots = new Int32Array(GAUSS_TW * this.rows * 4).fill(-1);
-    bundle.groups.forEach((g, gi) => {
-      if (g.rank === 0) return;
-      if (g.index) {
-        for (let m = 0; m < g.index.length; m++) slots[gpuIndex[g.index[m]] * 4 + gi] = m;
-      } else {
-        for (let i = 0; i < G; i++) slots[gpuIndex[i] * 4 + gi] = i;
-      }
+    const slotSources = bundle.groups.map((g, gi) => {
+      if (g.rank === 0 || g.carried === 0) return null;
+      const from = gpuSlotOrder(g.index, this.perm, G);
+      for (let m = 0; m < from.gpu.length; m++) slots[from.gpu[m] * 4 + gi] = m;
+      return from.stored;
     });
     this.slots = keep(createTexture2D(gl, "RGBA32I", GAUSS_TW, this.rows, slots));
 
     // bases: RGBA32UI 2D arrays of packed values (see packBasis)
     this.basisTexels = [];
-    this.bases = bundle.groups.map((g) => {
+    this.bases = bundle.groups.map((g, gi) => {
       if (g.rank === 0 || g.carried === 0) {
         this.basisTexels.push(0);
         return keep(createTexture3D(gl, "RGBA32UI", 1, 1, 1));
       }
       const rows = ceilDiv(g.carried, GAUSS_TW);
-      const packed = packBasis(g.values, g.rank, g.carried, g.dim, this.quant, GAUSS_TW, rows);
+      const packed = packBasis(g.values, g.rank, g.carried, g.dim, this.quant, GAUSS_TW, rows, slotSources[gi]);
       if (packed.layers > maxLayers) {
         throw new Error(`group ${g.name} needs ${packed.layers} texture layers; this GPU allows ${maxLayers}`);
       }

@@ -64,7 +64,9 @@ export class Viewer {
     const bundle = readAgm(buffer, label);
     this.close();
     const gl = this.gl;
-    const data = new SplatData(gl, bundle);
+    const cam = cameraForBundle(bundle);
+    const forward = cam.target.map((v, i) => v - cam.position[i]);
+    const data = new SplatData(gl, bundle, { forward: forward.map((v) => v / Math.hypot(...forward)) });
     try {
       this.data = data;
       this.generator = new Generator(gl, data, this.genSources);

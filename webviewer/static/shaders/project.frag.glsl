@@ -6,11 +6,14 @@
 // agora_core/render/rasterizer.py: OpenCV pinhole camera, EWA covariance with the Jacobian clipped
 // to a frustum 1.3x the image, a 0.3 px^2 dilation with the opacity compensation
 // sqrt(det / det_dilated), culling outside [near, far] or under 1/255 opacity, SH degree-1 colour
-// from the live camera + 0.5, clamped at 0 - and writes two RGBA32UI texels the splat pass's four
-// quad corners read (see splat.vert.glsl):
-//   texel 0: mean (x, y in pixels), sigma_1, sigma_2 (the 2D covariance's eigenvalues' roots), f32;
-//   texel 1: major axis direction (packSnorm2x16), opacity (f32; 0 = culled), colour (packHalf2x16:
-//            r g, b 0).
+// from the live camera + 0.5, clamped at 0 - and the quad: the box of the alpha >= 1/255 ellipse
+// along the covariance's eigenvectors, half-axes h_i sigma_i with h_i = sqrt(2 ln(255 o)) x 1.001
+// + 0.02 px / sigma_i (room for rounding; see splat.vert.glsl). It writes two RGBA32UI texels the
+// splat pass's four quad corners read, so that a corner does no more than add them up:
+//   texel 0: mean (x, y in pixels), a_1 = h_1 sigma_1 v_1 (the major half-axis, pixels), f32;
+//   texel 1: h_1, h_2 (packHalf2x16), opacity (f32; 0 = culled), colour (packHalf2x16: r g, then
+//            b and rho = |a_2| / |a_1|, the minor half-axis a_2 being rho times a_1 turned by 90
+//            degrees).
 precision highp sampler2D;
 precision highp usampler2D;
 
@@ -37,6 +40,9 @@ uniform float uNear;
 uniform float uFar;
 uniform float uEps2d;             // dilation (px^2)
 uniform int uSplatCount;
+
+const float FOOTPRINT_SLACK = 1.001;   // relative and absolute (px) room for rounding at the
+const float FOOTPRINT_MARGIN = 0.02;   // ellipse's edge, where alpha is 1/255 anyway
 
 layout(location = 0) out uvec4 oGeometry;
 layout(location = 1) out uvec4 oAppearance;
@@ -117,9 +123,16 @@ void main() {
   float l2 = det / l1;                    // = mid - rad without the cancellation of thin ellipses
   vec2 v1 = abs(c01) > 1e-12 * mid ? normalize(vec2(c01, l1 - c00)) : (c00 >= c11 ? vec2(1.0, 0.0) : vec2(0.0, 1.0));
 
+  vec2 sigma = sqrt(vec2(l1, l2));
+  // footprint: 0.5 d^T C^-1 d <= ln(255 o); coverage and alpha are both taken at the pixel centre,
+  // so the ellipse itself bounds the shaded pixels: the slack only absorbs float rounding
+  vec2 h = sqrt(2.0 * log(opacity / ALPHA_MIN)) * FOOTPRINT_SLACK + FOOTPRINT_MARGIN / sigma;
+  vec2 a1 = (h.x * sigma.x) * v1;
+  float rho = (h.y * sigma.y) / (h.x * sigma.x);
+
   vec3 dir = mo.xyz - uCamPos;
   dir = dir / max(length(dir), 1e-12);
   vec3 rgb = shColour(id, g, dir);
-  oGeometry = uvec4(floatBitsToUint(mean2d), floatBitsToUint(vec2(sqrt(l1), sqrt(l2))));
-  oAppearance = uvec4(packSnorm2x16(v1), floatBitsToUint(opacity), packHalf2x16(rgb.rg), packHalf2x16(vec2(rgb.b, 0.0)));
+  oGeometry = uvec4(floatBitsToUint(mean2d), floatBitsToUint(a1));
+  oAppearance = uvec4(packHalf2x16(h), floatBitsToUint(opacity), packHalf2x16(rgb.rg), packHalf2x16(vec2(rgb.b, rho)));
 }

@@ -2,16 +2,19 @@
 the projection pass and when it runs, the three draw paths, the depth order computed from the blend
 pass's own positions (read back asynchronously), the GPU order (carried Gaussians first) and the
 blend pass that leaves uncarried Gaussians alone between full runs, its looped path for ranks past
-the unrolled blocks. Render parity with the project rasterizer is in test_webviewer_browser.py.
+the unrolled blocks, the quantised SH packed per Gaussian (rendered as the project rasterizer does).
+More render parity with the project rasterizer is in test_webviewer_browser.py.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from exporter.agm import read_agm, write_agm
 from exporter.agm.synthetic import synthetic_bundle
-from tests.support.browser import driven, psnr, save_png, served
+from exporter.agm.write import StorageConfig
+from tests.support.browser import BACKGROUND, driven, psnr, save_png, served
 
 SIZE = 256
 # 3001 Gaussians: not a multiple of the instanced path's 64 quads per instance
@@ -49,7 +52,12 @@ def site(tmp_path_factory):
     wide = synthetic_bundle(500, ranks={"xyz": 3, "scale": 0, "rotation": 260, "opacity": 0}, hidden=(16,),
                             names="arkit", seed=6)
     write_agm(wide, d / "wide_int8.agm", quant="int8", sparse_threshold=1e-3)
-    names = ("head.agm", "wide_fp16.agm", "wide_int8.agm")
+    # .agm 1.1 quantised neutral attributes: SH with u8 bands (one packed texel per Gaussian; DC u8 in
+    # q8, u16 in q12) and u16 bands (q16: two texels)
+    for neutral in ("q8", "q12", "q16"):
+        write_agm(head, d / f"head_{neutral}.agm", storage=StorageConfig("int8", neutral, "fp16", "auto"),
+                  sparse_threshold=1e-3)
+    names = ("head.agm", "wide_fp16.agm", "wide_int8.agm", "head_q8.agm", "head_q12.agm", "head_q16.agm")
     with served({name: d / name for name in names}) as s:
         yield s
 
@@ -209,3 +217,33 @@ def test_blend_loops_over_groups_past_the_unrolled_blocks(viewer, site, name, gr
         np.testing.assert_allclose(got["scales"].reshape(G, 3), want["scales"], atol=1e-7, rtol=1e-5)
         np.testing.assert_allclose(got["quats"].reshape(G, 4), want["quats"], atol=2e-6, rtol=0)
         np.testing.assert_allclose(got["opacities"], want["opacities"][:, 0], atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("neutral", "texels"), [("q8", 1), ("q12", 1), ("q16", 2)])
+def test_quantised_sh_packed_per_gaussian_renders_as_the_rasterizer(viewer, site, neutral, texels):
+    """The stored SH of a 1.1 bundle go to the GPU packed per Gaussian (one RGBA32UI texel with u8
+    bands, two with u16 bands) and decode to the same image as the project rasterizer's of the
+    Python reader's decoded avatar."""
+    from agora_core.render.rasterizer import rasterize
+    from agora_core.types.camera import Camera, intrinsics, look_at
+
+    name = f"head_{neutral}.agm"
+    ref = read_agm(site.bundles[name])
+    assert viewer.open(bundle=name, size=f"{SIZE}x{SIZE}") == "ready"
+    packed = viewer.js("() => { const d = window.agora.viewer.data; "
+                       "return [d.shPacked, d.shPacked2].filter(Boolean).length; }")
+    assert packed == texels
+    params = _params(ref, 40)
+    viewer.js("([p, c]) => { window.agora.setIdentity(1); window.agora.setParams(p); window.agora.setCamera(c); }",
+              [params, dict(ref.camera)])
+    web = viewer.pixels()
+    c = ref.camera
+    cam = Camera(look_at(*(torch.tensor(c[k], dtype=torch.float32) for k in ("position", "target", "up"))),
+                 intrinsics(c["fov_y_deg"], SIZE, SIZE), SIZE, SIZE)
+    with torch.no_grad():
+        img = rasterize(ref.animate(np.array(params, np.float32), 1), cam,
+                        background=torch.tensor(BACKGROUND)).image[0].numpy()
+    py = np.round(np.clip(img, 0, 1) * 255) / 255
+    save_png(web, f"splats_sh_{neutral}.png")
+    assert web.std() > 0.05
+    assert psnr(web, py) >= 45.0

@@ -22,8 +22,10 @@ uniform usampler2D uMeanOpacity;  // animated Gaussians from the blend pass (flo
 uniform usampler2D uScale;
 uniform usampler2D uQuat;
 #ifdef SH_QUANTIZED
-uniform usampler2D uSHdc;         // .agm 1.1: SH DC, 8/16-bit per Gaussian (GAUSS_TW per row)
-uniform usampler2D uSHrest;       // SH bands 1-3: SH_PER_ROW Gaussians x 3 texels per row
+uniform usampler2D uSHpacked;     // .agm 1.1: DC and bands 1-3 as stored, packed per Gaussian (GAUSS_TW
+#ifdef SH_REST_16                 // per row; splat-data.js packSH)
+uniform usampler2D uSHpacked2;    // 16-bit bands: bands r5..r8
+#endif
 uniform vec3 uShDcOrigin;
 uniform vec3 uShDcStep;
 uniform vec3 uShRestOrigin[3];
@@ -65,11 +67,21 @@ mat3 quatToMat(vec4 q) {
 /** SH degree-1 colour of Gaussian `id` seen along unit direction `dir`, + 0.5, clamped at 0. */
 vec3 shColour(int id, ivec2 g, vec3 dir) {
 #ifdef SH_QUANTIZED
-  ivec2 sc = ivec2((id % SH_PER_ROW) * 3, id / SH_PER_ROW);
-  vec3 sh0 = uShDcOrigin + uShDcStep * vec3(texelFetch(uSHdc, g, 0).xyz);
-  vec3 sh1 = uShRestOrigin[0] + uShRestStep[0] * vec3(texelFetch(uSHrest, sc, 0).xyz);
-  vec3 sh2 = uShRestOrigin[1] + uShRestStep[1] * vec3(texelFetch(uSHrest, sc + ivec2(1, 0), 0).xyz);
-  vec3 sh3 = uShRestOrigin[2] + uShRestStep[2] * vec3(texelFetch(uSHrest, sc + ivec2(2, 0), 0).xyz);
+  uvec4 w = texelFetch(uSHpacked, g, 0);
+  vec3 sh0 = uShDcOrigin + uShDcStep * vec3(uvec3(w.x, w.x >> 16u, w.y) & 0xFFFFu);
+#ifdef SH_REST_16
+  uvec4 w2 = texelFetch(uSHpacked2, g, 0);
+  uvec3 q1 = uvec3(w.y >> 16u, w.z, w.z >> 16u) & 0xFFFFu;
+  uvec3 q2 = uvec3(w.w, w.w >> 16u, w2.x) & 0xFFFFu;
+  uvec3 q3 = uvec3(w2.x >> 16u, w2.y, w2.y >> 16u) & 0xFFFFu;
+#else
+  uvec3 q1 = uvec3(w.y >> 16u, w.y >> 24u, w.z) & 0xFFu;
+  uvec3 q2 = uvec3(w.z >> 8u, w.z >> 16u, w.z >> 24u) & 0xFFu;
+  uvec3 q3 = uvec3(w.w, w.w >> 8u, w.w >> 16u) & 0xFFu;
+#endif
+  vec3 sh1 = uShRestOrigin[0] + uShRestStep[0] * vec3(q1);
+  vec3 sh2 = uShRestOrigin[1] + uShRestStep[1] * vec3(q2);
+  vec3 sh3 = uShRestOrigin[2] + uShRestStep[2] * vec3(q3);
 #else
   ivec2 sc = ivec2((id % SH_PER_ROW) * 4, id / SH_PER_ROW);
   vec3 sh0 = texelFetch(uSH, sc, 0).rgb;

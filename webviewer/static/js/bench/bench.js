@@ -196,7 +196,7 @@ async function runBaseline(options, frames, driving, errors) {
   // the colour (SH as stored: f16, or .agm 1.1 quantised), constant: not in the ONNX path
   const q = env.bundle.identities[0].neutralQ;
   const shBytes = q ? q.sh_dc.data.byteLength + q.sh_rest.data.byteLength : env.bundle.gaussianCount * 4 * 3 * 2;
-  const used = [...data.animated.textures, ...(data.quantizedNeutral ? [data.shDc, data.shRest] : [data.sh]), data.order];
+  const used = [...data.animated.textures, ...(data.quantizedNeutral ? [data.shPacked, data.shPacked2].filter(Boolean) : [data.sh]), data.order];
   return {
     baseline,
     mode: modeResult({ name: "baseline", label: "AGORA, onnxruntime-web", gaussians: baseline.count,

@@ -21,9 +21,10 @@ import { SHADER_DEFINES } from "./splat-data.js";
 
 export const DRAW_PATHS = ["indexed", "vertex", "instanced"];
 
-/** The programs of a draw path: `projection(shQuantized)` (float SH, or the 1.1 quantised SH decoded
- * in the pass), `splat` and `counting()` (the splat pass writing fragment counts; benchmarks), each
- * compiled once, when first asked for. */
+/** The programs of a draw path: `projection(sh)` (sh: "float" SH, or the 1.1 quantised SH decoded in
+ * the pass from one packed texel, "packed", or two, "packed16"; see splat-data.js packSH), `splat`
+ * and `counting()` (the splat pass writing fragment counts; benchmarks), each compiled once, when
+ * first asked for. */
 export async function loadSplatProgram(gl, drawPath) {
   if (!DRAW_PATHS.includes(drawPath)) throw new Error(`unknown draw path ${drawPath}`);
   const names = ["fullscreen.vert.glsl", "project.frag.glsl", "splat.vert.glsl", "splat.frag.glsl"];
@@ -38,13 +39,13 @@ export async function loadSplatProgram(gl, drawPath) {
   const splat = (count) => createProgram(gl, withDefines(vs, drawDefines),
     withDefines(fs, { FRAGMENT_COUNT: count }), `splat (${drawPath}${count ? ", fragment count" : ""})`);
   const programs = {
-    projection: (shQuantized) => once(`projection:${shQuantized}`, () => createProgram(gl,
-      withDefines(fullscreen, SHADER_DEFINES), withDefines(project, { ...SHADER_DEFINES, SH_QUANTIZED: shQuantized }),
-      `projection${shQuantized ? " (quantised SH)" : ""}`)),
+    projection: (sh) => once(`projection:${sh}`, () => createProgram(gl, withDefines(fullscreen, SHADER_DEFINES),
+      withDefines(project, { ...SHADER_DEFINES, SH_QUANTIZED: sh !== "float", SH_REST_16: sh === "packed16" }),
+      `projection${sh !== "float" ? ` (quantised SH, ${sh})` : ""}`)),
     splat: once("splat", () => splat(false)),
     counting: () => once("counting", () => splat(true)),
   };
-  programs.projection(false);
+  programs.projection("float");
   return programs;
 }
 
@@ -60,7 +61,6 @@ export class SplatRenderer {
     this.gl = gl;
     this.data = data;
     this.programs = programs;
-    this.projection = programs.projection(data.quantizedNeutral);
     this.program = programs.splat;
     this.drawPath = drawPath;
     this.vao = gl.createVertexArray();
@@ -88,7 +88,7 @@ export class SplatRenderer {
     const count = d.splatCount || 0;
     if (count === 0) return false;
     const gl = this.gl;
-    const p = this.projection;
+    const p = this.programs.projection(!d.quantizedNeutral ? "float" : d.shPacked2 ? "packed16" : "packed");
     const target = d.projected;
     const scissor = gl.isEnabled(gl.SCISSOR_TEST);
     gl.disable(gl.SCISSOR_TEST);
@@ -102,8 +102,8 @@ export class SplatRenderer {
     bindTexture(gl, 2, d.animated.textures[1], p.u.uScale);
     bindTexture(gl, 3, d.animated.textures[2], p.u.uQuat);
     if (d.quantizedNeutral) {
-      bindTexture(gl, 4, d.shDc, p.u.uSHdc);
-      bindTexture(gl, 5, d.shRest, p.u.uSHrest);
+      bindTexture(gl, 4, d.shPacked, p.u.uSHpacked);
+      if (d.shPacked2) bindTexture(gl, 5, d.shPacked2, p.u.uSHpacked2);
       const r = d.ranges;
       gl.uniform3fv(p.u.uShDcOrigin, r.sh_dc.subarray(0, 3));
       gl.uniform3fv(p.u.uShDcStep, r.sh_dc.subarray(3, 6));

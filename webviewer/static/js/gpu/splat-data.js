@@ -9,8 +9,9 @@
 //   SH: SH_PER_ROW Gaussians x 4 RGB16F texels (DC, then the three degree-1 bands) per row;
 //   .agm 1.1 quantised neutral attributes stay as stored, in integer textures the shaders decode
 //     (origin + step * q; exp for log-scales; smallest-three quaternions): positions, log-scales,
-//     opacities and SH DC per Gaussian (R/RGB 8UI or 16UI), quaternions R32UI, SH bands 1-3
-//     SH_PER_ROW Gaussians x 3 texels per row; their [origin, step] ranges are uniforms;
+//     opacities per Gaussian (R/RGB 8UI or 16UI), quaternions R32UI, SH (DC and bands 1-3) packed
+//     into one RGBA32UI texel per Gaussian (two with 16-bit bands, see packSH); their [origin,
+//     step] ranges are uniforms;
 //   MLP weights: RGBA32F, or RGBA16F with the stored binary16 bits of an fp16 bundle, or RGBA8I with
 //     the stored int8 values of an int8 bundle (per-row scales in a vector texture, applied in the pass);
 //   bases: one RGBA32UI 2D-array texture per group, repacked at load so that one texel holds 16
@@ -109,6 +110,39 @@ export function gpuSlotOrder(index, perm, count) {
   const gpu = (m) => gpuOf[index ? index[m] : m];
   stored.sort((a, b) => gpu(a) - gpu(b));
   return { gpu: stored.map(gpu), stored };
+}
+
+/**
+ * A 1.1 bundle's quantised SH (`dc` [G*3], `rest` [G*9]: bands 1-3 x rgb; u8 or u16 each) as stored,
+ * packed per Gaussian (GPU order `perm`) into RGBA32UI texels, so the projection pass fetches one:
+ * {first, second} (Uint32Array, 4 words per Gaussian; `second` null unless `rest` is u16).
+ *   u8 bands:  dc0 | dc1 << 16, dc2 | r0 << 16 | r1 << 24, r2 | r3 << 8 | r4 << 16 | r5 << 24, r6 | r7 << 8 | r8 << 16;
+ *   u16 bands: dc0 | dc1 << 16, dc2 | r0 << 16, r1 | r2 << 16, r3 | r4 << 16 (first) and
+ *              r5 | r6 << 16, r7 | r8 << 16, 0, 0 (second).
+ */
+export function packSH(dc, rest, count, perm) {
+  const wide = rest instanceof Uint16Array;
+  const first = new Uint32Array(count * 4);
+  const second = wide ? new Uint32Array(count * 4) : null;
+  for (let i = 0; i < count; i++) {
+    const b = perm ? perm[i] : i;
+    const d = b * 3;
+    const r = b * 9;
+    const o = i * 4;
+    first[o] = dc[d] | (dc[d + 1] << 16);
+    if (wide) {
+      first[o + 1] = dc[d + 2] | (rest[r] << 16);
+      first[o + 2] = rest[r + 1] | (rest[r + 2] << 16);
+      first[o + 3] = rest[r + 3] | (rest[r + 4] << 16);
+      second[o] = rest[r + 5] | (rest[r + 6] << 16);
+      second[o + 1] = rest[r + 7] | (rest[r + 8] << 16);
+    } else {
+      first[o + 1] = dc[d + 2] | (rest[r] << 16) | (rest[r + 1] << 24);
+      first[o + 2] = rest[r + 2] | (rest[r + 3] << 8) | (rest[r + 4] << 16) | (rest[r + 5] << 24);
+      first[o + 3] = rest[r + 6] | (rest[r + 7] << 8) | (rest[r + 8] << 16);
+    }
+  }
+  return { first, second };
 }
 
 /** `values` (`per` values per Gaussian, bundle order) in the GPU order `perm` (a new array of the
@@ -323,8 +357,17 @@ export class SplatData {
     this.scales = make(`RGB${bits(q.scales.data)}UI`, GAUSS_TW, this.rows, q.scales.data, G);
     this.quats = make("R32UI", GAUSS_TW, this.rows, q.quats.data, G);
     this.opacities = make(`R${bits(q.opacities.data)}UI`, GAUSS_TW, this.rows, q.opacities.data, G);
-    this.shDc = make(`RGB${bits(q.sh_dc.data)}UI`, GAUSS_TW, this.rows, q.sh_dc.data, G);
-    this.shRest = make(`RGB${bits(q.sh_rest.data)}UI`, SH_PER_ROW * 3, this.shRows, q.sh_rest.data, G * 3);
+    // SH: DC and bands 1-3 of a Gaussian in one RGBA32UI texel (two with 16-bit bands), see packSH
+    const sh = packSH(q.sh_dc.data, q.sh_rest.data, G, this.perm);
+    const texel = (words) => {
+      const t = createTexture2D(gl, "RGBA32UI", GAUSS_TW, this.rows);
+      uploadRows(gl, t, words, G);
+      this.textures.push(t);
+      this.neutralTextures.push(t);
+      return t;
+    };
+    this.shPacked = texel(sh.first);
+    this.shPacked2 = sh.second ? texel(sh.second) : null;
     // [origin..., step...] of each attribute: the decode uniforms
     this.ranges = Object.fromEntries(["means", "scales", "opacities", "sh_dc", "sh_rest"].map((f) => [f, q[f].range]));
   }

@@ -1,6 +1,6 @@
 """How closely the built-in model reproduces its teacher: ``python -m benchmarks.builtin_quality``.
 
-For every Gaussian count (``--gaussians``, default 16K, the built-in default ~45K and ~65K), identity seeds the
+For every Gaussian count (``--gaussians``, default 16K, 45K and the built-in default ~65K), identity seeds the
 distillation never used (``--held-out``, seeds 0..31) and seeds it trained on (``--train-seeds``,
 the first distinct seeds of its training stream) are rendered at ``--size`` px under each of the
 viewer's expression presets from 3 views (yaw 0, +-30 degrees): the model's full AGORA path
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=BUILTIN_MODEL, help="model (default: the built-in one)")
     ap.add_argument("--gaussians", type=int, nargs="+", default=[16_000, 45_000, 65_000],
-                    help="Gaussian counts (default: 16K, the built-in default 45K, 65K)")
+                    help="Gaussian counts (default: 16K, 45K, the built-in default 65K)")
     ap.add_argument("--held-out", type=int, default=32, help="held-out seeds 0..N-1")
     ap.add_argument("--train-seeds", type=int, default=8)
     ap.add_argument("--size", type=int, default=256)

@@ -6,7 +6,8 @@
 #   2. a short fine-tune from run 1 (400 steps at a quarter of the learning rate, alternating between
 #      16K and 65K Gaussians so one model looks right at both; posed Gaussians also stretched with
 #      their triangles, which closes the gaps of a blink or a wide smile),
-#   3. a sharpening fine-tune from run 2 (300 steps, image losses at 256 px so phone-size detail counts,
+#   3. a sharpening fine-tune from run 2 (300 steps alternating between 45K and 65K Gaussians - the default
+#      count and the next lighter one - image losses at 256 px so phone-size detail counts,
 #      wider footprints (0.8 of a lattice cell) that close the gaps between cells, a third of the
 #      expressions at full intensity, opacity free in expressions so a blink may hide the eye, and an
 #      expression-change term: the model's change from neutral against the teacher's).
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     --device) DEVICE=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "error: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,7 +45,7 @@ agora-train export "$OUT/base" "$OUT/base.pt"
 time run "$OUT/tune" --steps 400 --lr 0.0005 --seed 1 --posed-target affine --gaussian-counts 16000,65000 \
   --init-from "$OUT/base.pt"
 agora-train export "$OUT/tune" "$OUT/tune.pt" --half
-time run "$OUT/sharpen" --steps 300 --lr 0.0005 --seed 2 --posed-target affine --gaussian-counts 16000,65000 \
+time run "$OUT/sharpen" --steps 300 --lr 0.0005 --seed 2 --posed-target affine --gaussian-counts 45000,65000 \
   --resolution 256 --footprint 0.8 --full-intensity 0.3 --opacity-on neutral --image-change 3.0 --init-from "$OUT/tune.pt"
 agora-train export "$OUT/sharpen" agora_core/data/builtin_generator.pt --half
 agora-export gallery docs/images/gallery.png --size 128

@@ -258,7 +258,7 @@ def test_builtin_model_is_the_default_and_gallery_renders(tmp_path, builtin_head
     assert BUILTIN_MODEL.is_file() and BUILTIN_MODEL.stat().st_size <= 25e6
     trained = build_generator(None, builtin_head, "small")
     assert trained.source == "built-in trained model"
-    assert trained.cfg.target_gaussians == BUILTIN_MODEL_GAUSSIANS and trained.num_gaussians == 45082
+    assert trained.cfg.target_gaussians == BUILTIN_MODEL_GAUSSIANS and trained.num_gaussians == 64922
     untrained = build_generator(None, builtin_head, "tiny", init_seed=3)
     assert untrained.source.startswith("untrained")
     out = tmp_path / "g.png"

@@ -55,8 +55,8 @@ class ModelOptions:
         f"(every latent is a teacher identity), {TRUNCATION_PSI} for other models.", min=0.0, max=1.0))
     gaussians: int | None = field(default=None, metadata=_option(
         "Sample the model's UV maps at a lattice of about this many Gaussians (default: the model's own count, "
-        "45,082 for the built-in model; e.g. 16000 for a lighter avatar, 65000 or 235000 for the paper's "
-        "scales).", min=100, max=2_000_000))
+        "64,922 for the built-in model, the paper's ~65K; e.g. 16000 or 45000 for a lighter avatar, 235000 for "
+        "the paper's larger scale).", min=100, max=2_000_000))
 
     def load(self) -> AgoraGenerator:
         """The head model and generator these options name (:func:`agora_core.generator.checkpoint.load_model`)."""

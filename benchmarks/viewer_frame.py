@@ -4,7 +4,8 @@ Run with ``python -m benchmarks.viewer_frame`` (``--help`` for options; needs Pl
 Debian ``chromium`` package). For each Gaussian count (default 16K, 65K and 235K) a bundle made by
 ``agora-export bundle --seed 42 --gaussians N`` (cached in ``--workdir``;
 or given with ``--bundles``) is served on 127.0.0.1 and opened in headless Chromium with the
-loopback-only flags, at each ``--sizes`` and ``--draw`` path. ``--baseline-rev REV`` serves the
+loopback-only flags, at each ``--sizes``, ``--draw`` path and ``--shapes`` (each splat a triangle or a
+quad, ``webviewer/static/js/gpu/renderer.js``; by default both). ``--baseline-rev REV`` serves the
 viewer of another git revision (its ``webviewer/static``, from ``git archive``) beside the current
 one, and the rounds alternate between the two pages, so that their ratios come from one run on the
 same (shared, noisy) machine. In rounds that interleave the modes, ``benchmarks/viewer_frame_page.js``
@@ -16,9 +17,10 @@ times (each frame ended by a 1-pixel ``readPixels``: ``gl.finish`` does not wait
 * **redraw**: the splat rendering again with nothing changed (the idle cost, where a frame is drawn);
 * **orbit** and **animated**: the viewer's frame loop (``renderOnce``: animation if needed, sort
   request to the worker, rendering; one macrotask between frames so orders arrive), each frame
-  moving the camera (orbit) or setting new expression parameters (animated); the figure is the
-  wall-clock interval per frame, so the worker's position update and sort count where they compete
-  for the CPU. ``animated / orbit`` is the cost of animating on top of a frame that is drawn anyway;
+  moving the camera (orbit) or setting new expression parameters (animated), the two kinds of frame
+  alternating in one call; the figure is the wall-clock interval per frame, so the worker's position
+  update and sort count where they compete for the CPU. ``animated / orbit`` is the cost of
+  animating on top of a frame that is drawn anyway;
 * **blend**: new expression parameters, the MLP and blend passes alone;
 
 and counts the fragments of one full frame (shaded and kept; the current viewer only). With
@@ -26,6 +28,11 @@ and counts the fragments of one full frame (shaded and kept; the current viewer 
 :mod:`benchmarks.peer_splat`) renders the same neutral avatar with the same camera and canvas in the
 same rounds: its scissor and full frames (its instanced draw). Prints a table and writes
 ``benchmarks/results/viewer_frame.json``.
+
+This machine's speed changes under the benchmark (a shared host: the same frame took 1.6x longer for
+tens of seconds at a time, at random), so every ratio is taken per round between figures timed back
+to back - current against baseline in the same mode, animated against orbit in the same call - and
+reported as the median over rounds with the lowest and highest round.
 
 Headless Chromium here renders WebGL2 with SwiftShader on the CPU: absolute numbers are CPU-rasteriser
 numbers; per-splat and per-fragment costs and their ratios are what carry over (roughly) to phones.
@@ -52,6 +59,8 @@ from benchmarks.common import REPO_ROOT, agora_bundle, command_line, write_resul
 RESULTS = Path(__file__).resolve().parent / "results" / "viewer_frame.json"
 PAGE_JS = Path(__file__).resolve().with_name("viewer_frame_page.js")
 MODES = ("scissor", "full", "redraw", "orbit", "animated", "blend")
+# one page call each per round; "loop" alternates orbit and animated frames and returns both
+CALLS = ("scissor", "full", "redraw", "loop", "blend")
 PEER_MODES = ("scissor", "full")
 
 
@@ -95,12 +104,22 @@ def open_viewer(page, url: str) -> float:
     return time.perf_counter() - t0
 
 
-def summarise(samples: dict[str, list[float]]) -> dict:
-    med = {m: statistics.median(v) for m, v in samples.items()}
+def spread(values: Sequence[float]) -> dict:
+    """Median, lowest and highest of per-round figures."""
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def summarise(rounds: dict[str, list[list[float]]]) -> dict:
+    """A viewer's medians per mode over all rounds, and ``animated / orbit`` per round (the two are
+    measured alternating in one call, so each round's ratio compares frames under the same load)."""
+    med = {m: statistics.median([t for r in v for t in r]) for m, v in rounds.items()}
     out = {f"{m}_ms": round(v, 2) for m, v in med.items()}
-    out["animated_over_orbit"] = round(med["animated"] / med["orbit"], 3)
+    per_round = [statistics.median(a) / statistics.median(o) for a, o in zip(rounds["animated"], rounds["orbit"])]
+    out["animated_over_orbit"] = round(statistics.median(per_round), 3)
+    out["animated_over_orbit_rounds"] = spread(per_round)
     out["animated_over_redraw"] = round(med["animated"] / med["redraw"], 3)
-    out["runs_ms"] = {m: [round(t, 2) for t in v] for m, v in samples.items()}
+    out["runs_ms"] = {m: [round(t, 2) for r in v for t in r] for m, v in rounds.items()}
+    out["round_medians_ms"] = {m: [round(statistics.median(r), 2) for r in v] for m, v in rounds.items()}
     return out
 
 
@@ -110,12 +129,13 @@ def measure(pages: dict[str, object], peer: dict[str, list[float]] | None, args:
     script = PAGE_JS.read_text()
     samples = {label: {m: [] for m in MODES} for label in pages}
     for r in range(args.rounds):
-        for mode in MODES:
+        for call in CALLS:
             for label, page in pages.items():
-                samples[label][mode] += page.evaluate(script, {"mode": mode, "frames": args.frames,
-                                                               "warmup": args.warmup, "round": r})
-            if peer and mode in PEER_MODES:
-                peer[mode] += peer["page"].time(mode, args.frames, args.warmup)
+                got = page.evaluate(script, {"mode": call, "frames": args.frames, "warmup": args.warmup, "round": r})
+                for mode, times in (got.items() if isinstance(got, dict) else [(call, got)]):
+                    samples[label][mode].append(times)
+            if peer and call in PEER_MODES:
+                peer[call] += peer["page"].time(call, args.frames, args.warmup)
     out = {}
     for label, page in pages.items():
         stats = page.evaluate("() => window.agora.stats()")
@@ -132,18 +152,15 @@ def peer_summary(peer: dict) -> dict:
     return out | {"fragments": None, "visible": None, "runs_ms": runs}
 
 
-def ratios(rows: Sequence[dict], baseline: str) -> list[dict]:
-    """Current / baseline per count, size and draw path (scissor, full, redraw, orbit, animated)."""
-    out = []
-    for r in rows:
-        if r["variant"] != "current":
-            continue
-        same = ("gaussians", "width", "height", "draw_path")
-        b = next((x for x in rows if x["variant"] == baseline and all(x[k] == r[k] for k in same)), None)
-        if b:
-            out.append({k: r[k] for k in same}
-                       | {f"{m}_ratio": round(r[f"{m}_ms"] / b[f"{m}_ms"], 3) for m in MODES})
-    return out
+def ratio_row(current: dict, baseline: dict) -> dict:
+    """Current / baseline per mode, both timed in the same rounds: the median over rounds of each
+    round's ratio (the two viewers are timed back to back in a round, so a change of the shared
+    machine's load between rounds cancels), with the lowest and highest round."""
+    cur, base = current["round_medians_ms"], baseline["round_medians_ms"]
+    per_round = {m: [c / d for c, d in zip(cur[m], base[m])] for m in MODES}
+    return ({k: current[k] for k in ("gaussians", "width", "height", "draw_path", "shape")}
+            | {f"{m}_ratio": round(statistics.median(v), 3) for m, v in per_round.items()}
+            | {"rounds": {m: spread(v) for m, v in per_round.items()}})
 
 
 def renderer_name(page) -> str:
@@ -173,7 +190,7 @@ def run(args: argparse.Namespace) -> dict:
     trees = {"current": static_tree(args.current_rev, folder) if args.current_rev else None}
     if args.baseline_rev:
         trees[args.baseline_rev] = static_tree(args.baseline_rev, folder)
-    rows = []
+    rows, ratio_rows = [], []
     peer_files = None
     with ExitStack() as stack, sync_playwright() as p:
         variants = [Variant(label, stack.enter_context(serve_in_thread(
@@ -192,31 +209,39 @@ def run(args: argparse.Namespace) -> dict:
             first.close()
             for path, (width, height) in [(path, size) for path in bundles for size in args.sizes]:
                 peer = None
-                for draw in args.draw:
+                for draw, shape in [(d, sh) for d in args.draw for sh in args.shapes]:
                     pages, load_s = {}, {}
                     for v in variants:
                         pages[v.label] = browser.new_page(viewport={"width": 800, "height": 600})
                         pages[v.label].set_default_timeout(3_600_000)
-                        load_s[v.label] = open_viewer(pages[v.label],
-                                                      f"{v.url}?bundle={path.name}&size={width}x{height}&draw={draw}")
+                        query = f"bundle={path.name}&size={width}x{height}&draw={draw}&shape={shape}"
+                        load_s[v.label] = open_viewer(pages[v.label], f"{v.url}?{query}")
                     gaussians = pages["current"].evaluate("() => window.agora.stats().gaussians")
+                    # the shape the current viewer drew ("auto" resolved); an older revision draws quads
+                    shapes = {label: page.evaluate("() => window.agora.stats().shape") or "quad"
+                              for label, page in pages.items()}
                     if peer_url and peer is None:
                         view = pages["current"].evaluate(f"() => window.agora.viewer.camera.view({width}, {height})")
                         peer = {"page": peer_splat.PeerPage(browser, peer_url, f"{path.stem}.splat", view, gaussians),
                                 **{m: [] for m in PEER_MODES}}
                         peer["page"].screenshot(folder / f"peer_{path.stem}_{width}x{height}.png")
                         pages["current"].screenshot(path=str(folder / f"viewer_{path.stem}_{width}x{height}.png"))
+                    measured = {}
                     for label, res in measure(pages, peer, args).items():
                         row = {"bundle": path.name, "gaussians": gaussians, "variant": label, "draw_path": draw,
-                               "width": width, "height": height, "load_s": round(load_s[label], 1), **res}
+                               "shape": shapes[label], "width": width, "height": height,
+                               "load_s": round(load_s[label], 1), **res}
                         rows.append(row)
+                        measured[label] = row
                         print(row_line(row), flush=True)
+                    if args.baseline_rev:
+                        ratio_rows.append(ratio_row(measured["current"], measured[args.baseline_rev]))
                     for page in pages.values():
                         page.close()
                 if peer:
                     peer["page"].close()
                     row = {"bundle": path.name, "gaussians": gaussians, "variant": peer_splat.LABEL,
-                           "draw_path": "instanced", "width": width, "height": height,
+                           "draw_path": "instanced", "shape": "quad", "width": width, "height": height,
                            "load_s": round(peer["page"].load_s, 1), **peer_summary(peer)}
                     rows.append(row)
                     print(row_line(row), flush=True)
@@ -230,11 +255,11 @@ def run(args: argparse.Namespace) -> dict:
         "chromium_flags": list(CHROMIUM_FLAGS),
         "command": command_line("benchmarks.viewer_frame", args.argv),
         "machine_detail": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
-        "settings": {"frames": args.frames, "warmup": args.warmup, "rounds": args.rounds,
+        "settings": {"frames": args.frames, "warmup": args.warmup, "rounds": args.rounds, "shapes": args.shapes,
                      "baseline_rev": args.baseline_rev, "current_rev": args.current_rev},
         "peer": {"renderer": peer_splat.LABEL, "files_sha256": peer_files} if args.peer_dir else None,
         "results": rows,
-        "ratios_vs_baseline": ratios(rows, args.baseline_rev) if args.baseline_rev else [],
+        "ratios_vs_baseline": ratio_rows,
     }
 
 
@@ -246,7 +271,7 @@ def num(value: float | None, spec: str) -> str:
 
 def row_line(r: dict) -> str:
     frags = r["fragments"]
-    return (f"{r['gaussians']:>8,} {r['draw_path']:>9} {r['width']}x{r['height']} {r['variant']:>10}: "
+    return (f"{r['gaussians']:>8,} {r['draw_path']:>9} {r['shape']:>8} {r['width']}x{r['height']} {r['variant']:>10}: "
             + " ".join(f"{m} {num(r[f'{m}_ms'], '7.1f')}" for m in MODES)
             + f"  anim/orbit {num(r['animated_over_orbit'], '.2f')} anim/redraw {num(r['animated_over_redraw'], '.2f')}"
             + f" shaded {num(frags and frags['shaded'] / 1e6, '.2f')}M")
@@ -254,20 +279,29 @@ def row_line(r: dict) -> str:
 
 def table(report: dict) -> str:
     lines = [f"viewer frame time, ms ({report['browser']}; renderer: {report['renderer']})",
-             f"{'Gaussians':>10} {'path':>9} {'size':>8} {'viewer':>10} " + " ".join(f"{m:>9}" for m in MODES)
+             f"{'Gaussians':>10} {'path':>9} {'shape':>8} {'size':>8} {'viewer':>10} "
+             + " ".join(f"{m:>9}" for m in MODES)
              + f" {'anim/orbit':>10} {'anim/redraw':>11} {'shaded':>8} {'kept':>8}"]
     for r in report["results"]:
         fr = r["fragments"]
-        lines.append(f"{r['gaussians']:>10,} {r['draw_path']:>9} {r['width']}x{r['height']:<4} {r['variant']:>10} "
-                     + " ".join(num(r[f"{m}_ms"], ">9.1f") for m in MODES)
+        lines.append(f"{r['gaussians']:>10,} {r['draw_path']:>9} {r['shape']:>8} {r['width']}x{r['height']:<4} "
+                     f"{r['variant']:>10} " + " ".join(num(r[f"{m}_ms"], ">9.1f") for m in MODES)
                      + f" {num(r['animated_over_orbit'], '>10.2f')} {num(r['animated_over_redraw'], '>11.2f')}"
                      + (f" {fr['shaded'] / 1e6:>7.2f}M {fr['kept'] / 1e6:>7.2f}M" if fr else f" {'-':>8} {'-':>8}"))
     if report["ratios_vs_baseline"]:
         lines += ["", f"current / {report['settings']['baseline_rev']} (same run):",
-                  f"{'Gaussians':>10} {'path':>9} {'size':>8} " + " ".join(f"{m:>9}" for m in MODES)]
+                  f"{'Gaussians':>10} {'path':>9} {'shape':>8} {'size':>8} " + " ".join(f"{m:>9}" for m in MODES)]
         for r in report["ratios_vs_baseline"]:
-            lines.append(f"{r['gaussians']:>10,} {r['draw_path']:>9} {r['width']}x{r['height']:<4} "
+            lines.append(f"{r['gaussians']:>10,} {r['draw_path']:>9} {r['shape']:>8} {r['width']}x{r['height']:<4} "
                          + " ".join(f"{r[f'{m}_ratio']:>9.3f}" for m in MODES))
+            lines.append(f"{'rounds':>38} " + " ".join(
+                f"{r['rounds'][m]['min']:>4.2f}-{r['rounds'][m]['max']:<4.2f}" for m in MODES))
+    lines += ["", "animated / orbit per round (median, lowest-highest):"]
+    for r in report["results"]:
+        if r.get("animated_over_orbit_rounds"):
+            a = r["animated_over_orbit_rounds"]
+            lines.append(f"{r['gaussians']:>10,} {r['draw_path']:>9} {r['shape']:>8} {r['width']}x{r['height']:<4} "
+                         f"{r['variant']:>10} {a['median']:.2f} ({a['min']:.2f}-{a['max']:.2f})")
     return "\n".join(lines)
 
 
@@ -281,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--bundles", type=Path, nargs="+", help="existing .agm bundles instead of --counts")
     parser.add_argument("--draw", nargs="+", default=["indexed", "instanced"],
                         choices=["indexed", "vertex", "instanced"], help="draw path(s) of the splat pass")
+    parser.add_argument("--shapes", nargs="+", default=["triangle", "quad"], choices=["auto", "triangle", "quad"],
+                        help="splat shape(s) of the current viewer (webviewer/static/js/gpu/renderer.js; an older "
+                             "revision draws quads whatever is asked)")
     parser.add_argument("--sizes", nargs="+", default=["780x940"],
                         help="drawing-buffer sizes WxH (780x940: a phone's portrait canvas at 2x pixel ratio)")
     parser.add_argument("--baseline-rev", help="also time the viewer of this git revision, in the same rounds")

@@ -13,6 +13,8 @@
 //             orders arrive while it runs), one macrotask between frames; the figure is the
 //             wall-clock interval per frame, worker contention included;
 //   animated  the same loop with new expression parameters every frame instead of a camera move;
+//   loop      orbit and animated frames alternating in one call (returns {orbit, animated}), so that
+//             their ratio compares frames taken under the same machine load;
 //   blend     new expression parameters, the MLP and blend passes alone (synced on their target).
 // `count: true` returns the fragments of one full frame instead (renderer.countFragments, where
 // the viewer has it).
@@ -45,18 +47,22 @@ async (o) => {
     return r.countFragments ? r.countFragments(viewer.camera.view(w, h)) : null;
   }
   const times = [];
+  const animatedTimes = [];
   viewer.syncGpu(); // whatever an earlier call left queued is not this mode's
-  const loop = o.mode === "orbit" || o.mode === "animated";
+  const mixed = o.mode === "loop";
+  const loop = mixed || o.mode === "orbit" || o.mode === "animated";
+  const perFrame = mixed ? 2 : 1;
   let serial = 1000 * (o.round || 0);
-  for (let f = 0; f < o.warmup + o.frames; f++) {
+  for (let f = 0; f < (o.warmup + o.frames) * perFrame; f++) {
     if (loop) {
+      const animating = mixed ? f % 2 === 1 : o.mode === "animated";
       const t0 = performance.now();
-      if (o.mode === "animated") newParams(++serial);
+      if (animating) newParams(++serial);
       else moveCamera();
       viewer.renderOnce();
       viewer.syncGpu();
       await nextTask();
-      if (f >= o.warmup) times.push(performance.now() - t0);
+      if (f >= o.warmup * perFrame) (mixed && animating ? animatedTimes : times).push(performance.now() - t0);
       continue;
     }
     if (o.mode === "blend") {
@@ -83,5 +89,5 @@ async (o) => {
   viewer.renderOnce();
   await (viewer.settled ? viewer.settled() : viewer.sorter.settled());
   viewer.syncGpu();
-  return times;
+  return mixed ? { orbit: times, animated: animatedTimes } : times;
 }

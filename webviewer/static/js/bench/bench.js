@@ -25,7 +25,8 @@ import {
 const query = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas");
-const viewer = new Viewer(canvas, { drawPath: query.get("draw") || "indexed", onError: (err) => fail(err) });
+const viewer = new Viewer(canvas, { drawPath: query.get("draw") || "indexed", shape: query.get("shape") || "auto",
+  onError: (err) => fail(err) });
 
 const api = { state: "starting", error: null, result: null, saved: null, progress: "" };
 window.agoraBench = api;
@@ -250,7 +251,7 @@ async function runModes(opts) {
   const stat = await timeFrames("static frame", options.frames, options.warmup, null);
   modes.push(modeResult({ name: "static", label: "static frame (splat pass)", gaussians: b.gaussianCount,
     animation: null, frame: stat.frame, downloadBytes: env.bytes, textureBytes: data.gpuBytes(),
-    backend: `WebGL2 ${viewer.drawPath}` }));
+    backend: `WebGL2 ${viewer.drawPath} ${viewer.shape}` }));
 
   const agm = await timeFrames("AGORA-M", options.frames, options.warmup, (f) => {
     setViewerParams(driving[f]);
@@ -258,7 +259,7 @@ async function runModes(opts) {
   });
   modes.push(modeResult({ name: "agora-m", label: "AGORA-M (WebGL2 MLP + blend)", gaussians: b.gaussianCount,
     animation: agm.animation, frame: agm.frame, downloadBytes: env.bytes, textureBytes: data.gpuBytes(),
-    backend: `WebGL2 ${viewer.drawPath}` }));
+    backend: `WebGL2 ${viewer.drawPath} ${viewer.shape}` }));
 
   const base = await runBaseline(options, options.frames, driving, errors);
   let agree = null;

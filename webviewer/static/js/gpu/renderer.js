@@ -4,29 +4,60 @@
 // EWA covariance, culling, eigen-decomposition, SH colour - one fragment per splat rank (the sorted
 // order), into two RGBA32UI texels per splat; it runs only when the camera, the animated Gaussians
 // (data.animatedSerial), the order (data.orderSerial) or the render options changed. The splat pass
-// then draws one quad per rank, each corner reading those two texels, composited with premultiplied
-// "over" blending into the RGBA8 canvas. Three draw paths, chosen by a define:
-//   "indexed"   drawElements, 4 vertices + 6 indices per quad (shared corners, post-transform cache);
-//   "vertex"    drawArrays of 6 vertices per quad (no buffers at all);
-//   "instanced" drawElementsInstanced, QUADS_PER_INSTANCE quads per instance (the same index pattern):
-//               one instance per quad costs ~12 us each under SwiftShader (more than the splat's own
-//               work) and leaves most of a phone GPU's vertex wavefront idle.
+// then draws one primitive per rank, each corner reading those two texels, composited with
+// premultiplied "over" blending into the RGBA8 canvas.
+//
+// Two shapes (splat.vert.glsl), both covering every pixel of the alpha >= 1/255 ellipse, so they
+// draw the same image:
+//   "quad"      the ellipse's box: two triangles, the fewest fragments;
+//   "triangle"  the equilateral triangle around the ellipse: one triangle, 1.3x the fragments of the
+//               box. A CPU rasteriser pays per primitive more than per fragment (SwiftShader, 235K
+//               Gaussians at 780x940: per-splat time 44 -> 26 ms, full frame 208 -> 172 ms), a
+//               phone's GPU the other way round;
+//   "auto"      (the default) "triangle" where the WebGL renderer is a CPU rasteriser (SwiftShader,
+//               llvmpipe, ...), "quad" elsewhere.
+// Three draw paths, chosen by a define:
+//   "indexed"   quads: drawElements, 4 vertices + 6 indices per quad (shared corners, post-transform
+//               cache); triangles share no corner: drawArrays of 3 vertices per triangle, as "vertex";
+//   "vertex"    drawArrays of 6 vertices per quad or 3 per triangle (no buffers at all);
+//   "instanced" SPLATS_PER_INSTANCE splats per instance (quads: drawElementsInstanced with the same
+//               index pattern; triangles: drawArraysInstanced): one instance per splat costs ~12 us
+//               each under SwiftShader (more than the splat's own work) and leaves most of a phone
+//               GPU's vertex wavefront idle.
 
-/** Quads per instance of the "instanced" path. */
-export const QUADS_PER_INSTANCE = 64;
+/** Splats per instance of the "instanced" path. */
+export const SPLATS_PER_INSTANCE = 64;
 // None uses vertex attributes: everything comes from textures by gl_VertexID / gl_InstanceID.
 
 import { bindTexture, createProgram, loadShader, withDefines } from "./gl.js";
 import { SHADER_DEFINES } from "./splat-data.js";
 
 export const DRAW_PATHS = ["indexed", "vertex", "instanced"];
+export const SPLAT_SHAPES = ["auto", "triangle", "quad"];
 
-/** The programs of a draw path: `projection(sh)` (sh: "float" SH, or the 1.1 quantised SH decoded in
- * the pass from one packed texel, "packed", or two, "packed16"; see splat-data.js packSH), `splat`
- * and `counting()` (the splat pass writing fragment counts; benchmarks), each compiled once, when
- * first asked for. */
-export async function loadSplatProgram(gl, drawPath) {
+/** Renderer strings of CPU rasterisers (WebGL without a GPU). */
+const CPU_RASTERISER = /swiftshader|llvmpipe|softpipe|software|basic render/i;
+
+/** The renderer's name, unmasked where the browser allows. */
+export function rendererName(gl) {
+  const ext = gl.getExtension("WEBGL_debug_renderer_info");
+  return String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER) || "");
+}
+
+/** "triangle" or "quad" for `shape` ("auto": triangles on a CPU rasteriser, quads on a GPU). */
+export function resolveShape(gl, shape = "auto") {
+  if (!SPLAT_SHAPES.includes(shape)) throw new Error(`unknown splat shape ${shape} (${SPLAT_SHAPES.join(", ")})`);
+  if (shape !== "auto") return shape;
+  return CPU_RASTERISER.test(rendererName(gl)) ? "triangle" : "quad";
+}
+
+/** The programs of a draw path and shape ("triangle" or "quad"): `projection(sh)` (sh: "float" SH,
+ * or the 1.1 quantised SH decoded in the pass from one packed texel, "packed", or two, "packed16";
+ * see splat-data.js packSH), `splat` and `counting()` (the splat pass writing fragment counts;
+ * benchmarks), each compiled once, when first asked for. */
+export async function loadSplatProgram(gl, drawPath, shape) {
   if (!DRAW_PATHS.includes(drawPath)) throw new Error(`unknown draw path ${drawPath}`);
+  if (shape !== "triangle" && shape !== "quad") throw new Error(`unknown splat shape ${shape}`);
   const names = ["fullscreen.vert.glsl", "project.frag.glsl", "splat.vert.glsl", "splat.frag.glsl"];
   const [fullscreen, project, vs, fs] = await Promise.all(names.map(loadShader));
   const cache = new Map();
@@ -35,9 +66,9 @@ export async function loadSplatProgram(gl, drawPath) {
     return cache.get(key);
   };
   const drawDefines = { ...SHADER_DEFINES, DRAW_INDEXED: drawPath === "indexed", DRAW_INSTANCED: drawPath === "instanced",
-    QUADS_PER_INSTANCE };
+    SHAPE_TRIANGLE: shape === "triangle", SPLATS_PER_INSTANCE };
   const splat = (count) => createProgram(gl, withDefines(vs, drawDefines),
-    withDefines(fs, { FRAGMENT_COUNT: count }), `splat (${drawPath}${count ? ", fragment count" : ""})`);
+    withDefines(fs, { FRAGMENT_COUNT: count }), `splat (${drawPath}, ${shape}${count ? ", fragment count" : ""})`);
   const programs = {
     projection: (sh) => once(`projection:${sh}`, () => createProgram(gl, withDefines(fullscreen, SHADER_DEFINES),
       withDefines(project, { ...SHADER_DEFINES, SH_QUANTIZED: sh !== "float", SH_REST_16: sh === "packed16" }),
@@ -57,23 +88,24 @@ function projectionKey(view, data, options) {
 }
 
 export class SplatRenderer {
-  constructor(gl, data, programs, drawPath) {
+  constructor(gl, data, programs, drawPath, shape) {
     this.gl = gl;
     this.data = data;
     this.programs = programs;
     this.program = programs.splat;
     this.drawPath = drawPath;
+    this.shape = shape;
     this.vao = gl.createVertexArray();
     this.eps2d = 0.3;
     this.near = 0.01;
     this.far = 100.0;
     this.projectedFor = "";
     this.projections = 0;
-    if (drawPath !== "vertex") {
+    if (shape === "quad" && drawPath !== "vertex") {
       gl.bindVertexArray(this.vao);
       this.indexBuffer = gl.createBuffer();
       gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.indexBuffer);
-      gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, quadIndices(drawPath === "indexed" ? data.count : QUADS_PER_INSTANCE),
+      gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, quadIndices(drawPath === "indexed" ? data.count : SPLATS_PER_INSTANCE),
         gl.STATIC_DRAW);
       gl.bindVertexArray(null);
     }
@@ -145,12 +177,12 @@ export class SplatRenderer {
     gl.enable(gl.BLEND);
     gl.blendFuncSeparate(gl.ONE, gl.ONE_MINUS_SRC_ALPHA, gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
     gl.blendEquation(gl.FUNC_ADD);
-    this.drawQuads(this.program, view);
+    this.drawSplats(this.program, view);
     gl.disable(gl.BLEND);
   }
 
-  /** The splat pass's quads with program `p` into the bound framebuffer. */
-  drawQuads(p, view) {
+  /** The splat pass's triangles or quads with program `p` into the bound framebuffer. */
+  drawSplats(p, view) {
     const gl = this.gl;
     const d = this.data;
     const count = d.splatCount || 0;
@@ -161,12 +193,14 @@ export class SplatRenderer {
     bindTexture(gl, 1, d.projected.textures[1], p.u.uAppearance);
     gl.uniform2f(p.u.uViewport, view.width, view.height);
     gl.uniform1i(p.u.uSplatCount, count);
-    if (this.drawPath === "indexed") gl.drawElements(gl.TRIANGLES, count * 6, gl.UNSIGNED_INT, 0);
+    const instances = Math.ceil(count / SPLATS_PER_INSTANCE);
+    if (this.shape === "triangle") {
+      if (this.drawPath === "instanced") gl.drawArraysInstanced(gl.TRIANGLES, 0, SPLATS_PER_INSTANCE * 3, instances);
+      else gl.drawArrays(gl.TRIANGLES, 0, count * 3);
+    } else if (this.drawPath === "indexed") gl.drawElements(gl.TRIANGLES, count * 6, gl.UNSIGNED_INT, 0);
     else if (this.drawPath === "instanced") {
-      gl.drawElementsInstanced(gl.TRIANGLES, QUADS_PER_INSTANCE * 6, gl.UNSIGNED_INT, 0,
-        Math.ceil(count / QUADS_PER_INSTANCE));
-    }
-    else gl.drawArrays(gl.TRIANGLES, 0, count * 6);
+      gl.drawElementsInstanced(gl.TRIANGLES, SPLATS_PER_INSTANCE * 6, gl.UNSIGNED_INT, 0, instances);
+    } else gl.drawArrays(gl.TRIANGLES, 0, count * 6);
     gl.bindVertexArray(null);
   }
 
@@ -192,7 +226,7 @@ export class SplatRenderer {
     gl.enable(gl.BLEND);
     gl.blendFunc(gl.ONE, gl.ONE);
     gl.blendEquation(gl.FUNC_ADD);
-    this.drawQuads(this.programs.counting(), view);
+    this.drawSplats(this.programs.counting(), view);
     gl.disable(gl.BLEND);
     const px = new Float32Array(width * height * 4);
     gl.readPixels(0, 0, width, height, gl.RGBA, gl.FLOAT, px);

@@ -3,7 +3,8 @@
 // window.agora for tests and benchmarks.
 //
 // URL parameters: bundle (URL or served name), identity, sequence (URL of a JSON sequence),
-// draw (indexed | vertex | instanced), bg (r,g,b in 0..1), size (WxH fixed drawing buffer),
+// draw (indexed | vertex | instanced), shape (auto | triangle | quad: each splat's primitive, see
+// gpu/renderer.js), bg (r,g,b in 0..1), size (WxH fixed drawing buffer),
 // sortbits (16..32), autoplay (1).
 
 import { Player, parseSequence } from "./playback.js";
@@ -24,6 +25,7 @@ function parseBackground(text) {
 
 const viewer = new Viewer(canvas, {
   drawPath: query.get("draw") || "indexed",
+  shape: query.get("shape") || "auto",
   background: parseBackground(query.get("bg")),
   sortBits: Number(query.get("sortbits")) || 16,
   onError: (err) => report("Viewer error", err),
@@ -263,7 +265,7 @@ Object.assign(api, {
     return { width, height, pixels: b64(pixels) };
   },
   stats: () => ({ ...viewer.stats, sorts: viewer.sorter?.stats.sorts ?? 0, drawPath: viewer.drawPath,
-    gpuBytes: viewer.data?.gpuBytes() ?? 0 }),
+    shape: viewer.shape, gpuBytes: viewer.data?.gpuBytes() ?? 0 }),
   player,
   openSequence: async (url) => applySequence(await readSequenceFile(baseName(url), await (await fetch(url)).arrayBuffer()),
     baseName(url)),

@@ -11,16 +11,17 @@
 import { readAgm } from "../format/agm.js";
 import { OrbitCamera, cameraForBundle } from "./camera.js";
 import { Generator, loadGeneratorSources } from "../gpu/generator.js";
-import { SplatRenderer, loadSplatProgram } from "../gpu/renderer.js";
+import { SplatRenderer, loadSplatProgram, resolveShape } from "../gpu/renderer.js";
 import { PositionReadback } from "../gpu/readback.js";
 import { Sorter } from "../gpu/sorter.js";
 import { SplatData } from "../gpu/splat-data.js";
 
 export class Viewer {
-  constructor(canvas, { drawPath = "indexed", background = [0.11, 0.11, 0.13], maxPixelRatio = 2, sortBits = 16,
-    onError = null } = {}) {
+  constructor(canvas, { drawPath = "indexed", shape = "auto", background = [0.11, 0.11, 0.13], maxPixelRatio = 2,
+    sortBits = 16, onError = null } = {}) {
     this.canvas = canvas;
     this.drawPath = drawPath;
+    this.shape = shape;
     this.background = background;
     this.maxPixelRatio = maxPixelRatio;
     this.sortBits = sortBits;
@@ -51,8 +52,9 @@ export class Viewer {
       e.preventDefault();
       this.fail(new Error("the WebGL context was lost (GPU reset or memory pressure); reload the page"));
     });
+    this.shape = resolveShape(gl, this.shape);
     [this.genSources, this.splatProgram] = await Promise.all([loadGeneratorSources(),
-      loadSplatProgram(gl, this.drawPath)]);
+      loadSplatProgram(gl, this.drawPath, this.shape)]);
   }
 
   fail(err) {
@@ -70,7 +72,7 @@ export class Viewer {
     try {
       this.data = data;
       this.generator = new Generator(gl, data, this.genSources);
-      this.renderer = new SplatRenderer(gl, data, this.splatProgram, this.drawPath);
+      this.renderer = new SplatRenderer(gl, data, this.splatProgram, this.drawPath, this.shape);
       this.readback = new PositionReadback(gl, data);
       this.sorter = new Sorter(bundle.gaussianCount, {
         bits: this.sortBits,

@@ -2,6 +2,8 @@
 // memory figures and the result document (schema "agora-bench/1", checked by the server:
 // webviewer/bench_results.py).
 
+import { unmaskedRenderer } from "../gpu/gl.js";
+
 export const SCHEMA_ID = "agora-bench/1";
 
 const round = (x, digits = 4) => (Number.isFinite(x) ? Number(x.toFixed(digits)) : 0);
@@ -32,9 +34,8 @@ export function timerResolution() {
 
 /** GPU and browser description (WEBGL_debug_renderer_info where the browser exposes it). */
 export function describeDevice(gl) {
-  const info = gl.getExtension("WEBGL_debug_renderer_info");
   return {
-    gpu: info ? String(gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) : null,
+    gpu: unmaskedRenderer(gl),
     gl_vendor: String(gl.getParameter(gl.VENDOR)),
     gl_renderer: String(gl.getParameter(gl.RENDERER)),
     max_texture_size: gl.getParameter(gl.MAX_TEXTURE_SIZE),

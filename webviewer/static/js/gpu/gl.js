@@ -180,3 +180,9 @@ export function readFloatTarget(gl, target, attachment = 0) {
 export function deleteTexture(gl, t) {
   if (t) gl.deleteTexture(t.tex);
 }
+
+/** The GPU's (unmasked) renderer name where the browser exposes WEBGL_debug_renderer_info, else null. */
+export function unmaskedRenderer(gl) {
+  const info = gl.getExtension("WEBGL_debug_renderer_info");
+  return info ? String(gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) : null;
+}

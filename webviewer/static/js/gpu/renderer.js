@@ -29,7 +29,7 @@
 export const SPLATS_PER_INSTANCE = 64;
 // None uses vertex attributes: everything comes from textures by gl_VertexID / gl_InstanceID.
 
-import { bindTexture, createProgram, loadShader, withDefines } from "./gl.js";
+import { bindTexture, createProgram, loadShader, unmaskedRenderer, withDefines } from "./gl.js";
 import { SHADER_DEFINES } from "./splat-data.js";
 
 export const DRAW_PATHS = ["indexed", "vertex", "instanced"];
@@ -38,17 +38,11 @@ export const SPLAT_SHAPES = ["auto", "triangle", "quad"];
 /** Renderer strings of CPU rasterisers (WebGL without a GPU). */
 const CPU_RASTERISER = /swiftshader|llvmpipe|softpipe|software|basic render/i;
 
-/** The renderer's name, unmasked where the browser allows. */
-export function rendererName(gl) {
-  const ext = gl.getExtension("WEBGL_debug_renderer_info");
-  return String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER) || "");
-}
-
 /** "triangle" or "quad" for `shape` ("auto": triangles on a CPU rasteriser, quads on a GPU). */
 export function resolveShape(gl, shape = "auto") {
   if (!SPLAT_SHAPES.includes(shape)) throw new Error(`unknown splat shape ${shape} (${SPLAT_SHAPES.join(", ")})`);
   if (shape !== "auto") return shape;
-  return CPU_RASTERISER.test(rendererName(gl)) ? "triangle" : "quad";
+  return CPU_RASTERISER.test(unmaskedRenderer(gl) ?? String(gl.getParameter(gl.RENDERER))) ? "triangle" : "quad";
 }
 
 /** The programs of a draw path and shape ("triangle" or "quad"): `projection(sh)` (sh: "float" SH,

@@ -175,6 +175,45 @@ def test_depth_order_follows_the_animated_positions(viewer, site):
         assert _order_violations(order, neutral, got["forward"], got["tz"]) > 0
 
 
+def test_read_back_for_the_sort_is_bounded_under_animation(viewer, site):
+    """New expression parameters every ~5 ms start a position read-back (and so a re-sort) at most
+    every 100 ms, not once per animation; once the animation stops, the frames' polls start the copy
+    the interval held back, so the order catches up with the last expression without settled()."""
+    ref = read_agm(site.bundles["head.agm"])
+    assert viewer.open(bundle="head.agm", size=f"{SIZE}x{SIZE}") == "ready"
+    viewer.js("() => { window.agora.pause(); return window.agora.settled(); }")
+    got = viewer.js("""async (params) => {
+        const v = window.agora.viewer;
+        const before = v.readback.copies;
+        const t0 = performance.now();
+        for (const p of params) {
+          v.setParams(p);
+          v.renderOnce();
+          v.syncGpu();
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        const elapsed = performance.now() - t0;
+        const copies = v.readback.copies - before;
+        const caughtUpBefore = v.readback.current;
+        const t1 = performance.now();
+        while (!v.readback.current && performance.now() - t1 < 5000) {  // frames, no settled()
+          v.renderOnce();
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        return { copies, elapsed, animations: params.length, caughtUp: v.readback.current, caughtUpBefore };
+    }""", [_params(ref, 10 + k) for k in range(30)])
+    assert got["copies"] >= 1
+    assert got["copies"] <= got["elapsed"] / 100 + 2, got
+    assert got["copies"] < got["animations"] / 2, got
+    assert got["caughtUp"], got
+    # and the order then follows the last animation (as after settled)
+    viewer.js("() => window.agora.settled()")
+    order_now = viewer.js(READ_ORDER)
+    animated = viewer.blended()["means"].reshape(COUNT, 3).astype(np.float64)
+    order = np.array(order_now["order"], np.int64)
+    assert _order_violations(order, animated, order_now["forward"], order_now["tz"]) == 0
+
+
 def test_blend_keeps_uncarried_gaussians_across_identity_changes(viewer, site):
     """Animation runs after the first one skip the Gaussians no group carries (their values stay
     from the last full run); an identity change runs in full again - also back to identity 0."""

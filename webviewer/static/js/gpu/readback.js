@@ -5,12 +5,18 @@
 // one is done (the target then holds the newest Gaussians), so a steady animation is never starved.
 // A copy covers only the rows the blend passes since the last copy wrote (after the first full run
 // of an identity: the carried Gaussians' rows, see splat-data.js); the sorter keeps the rest.
+// Copies start at most every `minIntervalMs` (a bounded re-sort rate under animation: an expression
+// moves the Gaussians by millimetres, so the depth order of a few frames ago is still the order;
+// a later poll starts the copy the interval held back, and `flush()` starts it at once).
 
 export class PositionReadback {
   /** `data`: SplatData (its `animated` target, GAUSS_TW x rows RGBA32UI, attachment 0 = means + opacity). */
-  constructor(gl, data) {
+  constructor(gl, data, { minIntervalMs = 0 } = {}) {
     this.gl = gl;
     this.data = data;
+    this.minIntervalMs = minIntervalMs;
+    this.lastIssue = -Infinity;
+    this.copies = 0;      // copies started (stats, tests)
     const t = data.animated;
     this.texels = t.width * t.height;
     this.buffer = gl.createBuffer();
@@ -31,7 +37,19 @@ export class PositionReadback {
   request(serial, rows = this.data.animated.height) {
     this.wanted = serial;
     this.wantedRows = Math.max(this.wantedRows, rows);
-    if (!this.fence) this.issue();
+    this.start(false);
+  }
+
+  /** Start the copy of the newest animation now, interval or not, unless one is in flight. */
+  flush() {
+    this.start(true);
+  }
+
+  /** Start a copy if one is wanted, none is in flight and (unless `now`) the interval has passed. */
+  start(now) {
+    if (this.fence || this.wanted <= this.inFlight) return;
+    if (!now && performance.now() - this.lastIssue < this.minIntervalMs) return;
+    this.issue();
   }
 
   issue() {
@@ -48,16 +66,21 @@ export class PositionReadback {
     this.fence = gl.fenceSync(gl.SYNC_GPU_COMMANDS_COMPLETE, 0);
     this.inFlight = this.wanted;
     this.inFlightRows = rows;
+    this.lastIssue = performance.now();
+    this.copies++;
     gl.flush();
   }
 
   /** If the copy in flight is complete: {serial, positions} (Float32Array, x y z opacity per
    * Gaussian of the first rows copied, in the GPU order - all Gaussians after a full run - a fresh
-   * buffer the caller may transfer), and the next copy is issued if one is wanted; else null. Never
-   * blocks. */
+   * buffer the caller may transfer), and the next copy is started if one is wanted and the interval
+   * allows; else null (and a copy the interval held back starts once it allows). Never blocks. */
   poll() {
     const gl = this.gl;
-    if (!this.fence) return null;
+    if (!this.fence) {
+      this.start(false);
+      return null;
+    }
     const status = gl.clientWaitSync(this.fence, 0, 0);
     if (status !== gl.ALREADY_SIGNALED && status !== gl.CONDITION_SATISFIED) return null;
     gl.deleteSync(this.fence);
@@ -70,7 +93,7 @@ export class PositionReadback {
     this.copyMs = performance.now() - t0;
     const serial = this.inFlight;
     this.delivered = serial;
-    if (this.wanted > serial) this.issue();
+    this.start(false);
     return { serial, positions };
   }
 

@@ -2,7 +2,9 @@
 // the sorter and the splat renderer, and runs the frame loop.
 //
 // Per frame: if the parameters or the identity changed, run the generator (MLP + blend) once and
-// start an asynchronous read-back of the animated positions; when read-back positions arrive or the
+// start an asynchronous read-back of the animated positions (at most every `resortIntervalMs`, 100
+// ms by default: under animation the depth order is refreshed ~10 times a second, not every
+// frame; a moving camera re-sorts at once, with the latest positions); when read-back positions arrive or the
 // camera changed, ask the worker for a new order (asynchronously: the frame draws with the order it
 // has); then the splat rendering (projection pass if needed, splat pass). An idle avatar costs at
 // most one splat pass per frame - none at all while nothing (camera, parameters, order, size)
@@ -18,10 +20,11 @@ import { SplatData } from "../gpu/splat-data.js";
 
 export class Viewer {
   constructor(canvas, { drawPath = "indexed", shape = "auto", background = [0.11, 0.11, 0.13], maxPixelRatio = 2,
-    sortBits = 16, onError = null } = {}) {
+    sortBits = 16, resortIntervalMs = 100, onError = null } = {}) {
     this.canvas = canvas;
     this.drawPath = drawPath;
     this.shape = shape;
+    this.resortIntervalMs = resortIntervalMs;
     this.background = background;
     this.maxPixelRatio = maxPixelRatio;
     this.sortBits = sortBits;
@@ -37,7 +40,7 @@ export class Viewer {
     this.running = false;
     this.listeners = new Set();
     this.stats = { fps: 0, animMs: 0, animSource: "cpu", animRuns: 0, gaussians: 0, visible: 0, sortMs: 0,
-      readbackMs: 0, frames: 0 };
+      readbackMs: 0, readbacks: 0, frames: 0 };
     this.frameTimes = [];
   }
 
@@ -73,7 +76,7 @@ export class Viewer {
       this.data = data;
       this.generator = new Generator(gl, data, this.genSources);
       this.renderer = new SplatRenderer(gl, data, this.splatProgram, this.drawPath, this.shape);
-      this.readback = new PositionReadback(gl, data);
+      this.readback = new PositionReadback(gl, data, { minIntervalMs: this.resortIntervalMs });
       this.sorter = new Sorter(bundle.gaussianCount, {
         bits: this.sortBits,
         onSorted: (order, count) => {
@@ -227,6 +230,7 @@ export class Viewer {
     const [w, h] = this.drawingSize();
     const data = this.data;
     while (this.data === data && !this.readback.current) {
+      this.readback.flush(); // no waiting out the re-sort interval here
       await new Promise((resolve) => setTimeout(resolve, 1));
       if (this.data === data) this.requestSort(this.camera.view(w, h));
     }
@@ -283,6 +287,7 @@ export class Viewer {
     this.stats.visible = this.data.splatCount || 0;
     this.stats.sortMs = this.sorter.stats.sortMs;
     this.stats.readbackMs = this.readback.copyMs;
+    this.stats.readbacks = this.readback.copies;
     return view;
   }
 

@@ -126,6 +126,13 @@ vec4 blendLoop(usampler2DArray B, ivec2 xy, int S, int T, int dim) {
   else { BLOCKS16(acc, B, xy, S, T, K, DIM) } \
 }
 
+// dst += the group's blend (components `sw` of the sum) where the Gaussian has a slot `s` in it
+#define ADD_GROUP(dst, sw, s, B, S, T, K, DIM) if ((s) >= 0) { \
+  vec4 acc = vec4(0.0); \
+  BLEND_GROUP(acc, B, s, S, T, K, DIM) \
+  dst += acc.sw; \
+}
+
 #ifdef NEUTRAL_QUANTIZED
 // smallest-three: bits 30-31 the left-out (largest, >= 0) component, three 10-bit fields of the
 // others in w x y z order, each u / 1023 * 2r - r with r = 1/sqrt(2)
@@ -165,34 +172,17 @@ void main() {
   vec4 quat = texelFetch(uQuats, px, 0);
   float opacity = texelFetch(uOpacities, px, 0).x;
 #endif
-  vec4 acc;
 #ifdef CARRIES_XYZ
-  if (slot.x >= 0) {
-    acc = vec4(0.0);
-    BLEND_GROUP(acc, uBasisXyz, slot.x, START_XYZ, BLOCKS_XYZ, RANK_XYZ, 3)
-    mean += acc.xyz;
-  }
+  ADD_GROUP(mean, xyz, slot.x, uBasisXyz, START_XYZ, BLOCKS_XYZ, RANK_XYZ, 3)
 #endif
 #ifdef CARRIES_SCALE
-  if (slot.y >= 0) {
-    acc = vec4(0.0);
-    BLEND_GROUP(acc, uBasisScale, slot.y, START_SCALE, BLOCKS_SCALE, RANK_SCALE, 3)
-    scale += acc.xyz;
-  }
+  ADD_GROUP(scale, xyz, slot.y, uBasisScale, START_SCALE, BLOCKS_SCALE, RANK_SCALE, 3)
 #endif
 #ifdef CARRIES_ROTATION
-  if (slot.z >= 0) {
-    acc = vec4(0.0);
-    BLEND_GROUP(acc, uBasisRotation, slot.z, START_ROTATION, BLOCKS_ROTATION, RANK_ROTATION, 4)
-    quat += acc;
-  }
+  ADD_GROUP(quat, xyzw, slot.z, uBasisRotation, START_ROTATION, BLOCKS_ROTATION, RANK_ROTATION, 4)
 #endif
 #ifdef CARRIES_OPACITY
-  if (slot.w >= 0) {
-    acc = vec4(0.0);
-    BLEND_GROUP(acc, uBasisOpacity, slot.w, START_OPACITY, BLOCKS_OPACITY, RANK_OPACITY, 1)
-    opacity += acc.x;
-  }
+  ADD_GROUP(opacity, x, slot.w, uBasisOpacity, START_OPACITY, BLOCKS_OPACITY, RANK_OPACITY, 1)
 #endif
   scale = max(scale, vec3(uScaleMin));
   quat = quat / max(length(quat), QUAT_NORM_EPS);

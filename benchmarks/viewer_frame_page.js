@@ -13,8 +13,10 @@
 //             orders arrive while it runs), one macrotask between frames; the figure is the
 //             wall-clock interval per frame, worker contention included;
 //   animated  the same loop with new expression parameters every frame instead of a camera move;
-//   loop      orbit and animated frames alternating in one call (returns {orbit, animated}), so that
-//             their ratio compares frames taken under the same machine load;
+//   loop      orbit, animated and redraw frames in turn in one call (returns {orbit, animated,
+//             redraw}), so that their ratios compare frames taken under the same machine load; its
+//             redraw is the still frame of an idle avatar: one untimed redraw first takes in
+//             whatever order arrived since, then the timed one changes nothing;
 //   blend     new expression parameters, the MLP and blend passes alone (synced on their target).
 // `count: true` returns the fragments of one full frame instead (renderer.countFragments, where
 // the viewer has it).
@@ -48,21 +50,34 @@ async (o) => {
   }
   const times = [];
   const animatedTimes = [];
+  const redrawTimes = [];
   viewer.syncGpu(); // whatever an earlier call left queued is not this mode's
   const mixed = o.mode === "loop";
   const loop = mixed || o.mode === "orbit" || o.mode === "animated";
-  const perFrame = mixed ? 2 : 1;
+  const perFrame = mixed ? 3 : 1;
   let serial = 1000 * (o.round || 0);
   for (let f = 0; f < (o.warmup + o.frames) * perFrame; f++) {
+    const timed = f >= o.warmup * perFrame;
+    if (mixed && f % 3 === 2) {
+      const view = viewer.camera.view(w, h);
+      viewer.renderer.draw(view, viewer.background); // takes in an order that arrived meanwhile
+      viewer.syncGpu();
+      const t0 = performance.now();
+      viewer.renderer.draw(view, viewer.background);
+      viewer.syncGpu();
+      if (timed) redrawTimes.push(performance.now() - t0);
+      await nextTask();
+      continue;
+    }
     if (loop) {
-      const animating = mixed ? f % 2 === 1 : o.mode === "animated";
+      const animating = mixed ? f % 3 === 1 : o.mode === "animated";
       const t0 = performance.now();
       if (animating) newParams(++serial);
       else moveCamera();
       viewer.renderOnce();
       viewer.syncGpu();
       await nextTask();
-      if (f >= o.warmup * perFrame) (mixed && animating ? animatedTimes : times).push(performance.now() - t0);
+      if (timed) (mixed && animating ? animatedTimes : times).push(performance.now() - t0);
       continue;
     }
     if (o.mode === "blend") {
@@ -89,5 +104,5 @@ async (o) => {
   viewer.renderOnce();
   await (viewer.settled ? viewer.settled() : viewer.sorter.settled());
   viewer.syncGpu();
-  return mixed ? { orbit: times, animated: animatedTimes } : times;
+  return mixed ? { orbit: times, animated: animatedTimes, redraw: redrawTimes } : times;
 }

@@ -426,6 +426,18 @@ def test_presets_follow_parameter_names(viewer, site):
     lo = np.array([p["min"] for p in viewer.js("() => window.agora.parameters()")])
     hi = np.array([p["max"] for p in viewer.js("() => window.agora.parameters()")])
     assert (rnd != 0).sum() >= 2 and np.all(rnd >= lo - 1e-6) and np.all(rnd <= hi + 1e-6)
+    # the units are distinct: even a generator that repeats one value sets as many units as it picks
+    # (drawing with replacement once set one unit twice: a "random" expression of one unit)
+    counts = viewer.js("""async () => {
+        const { randomExpression } = await import('/static/js/viewer/presets.js');
+        const params = window.agora.parameters();
+        const expr = params.filter((p) => p.group === 'expression').length;
+        return [0, 0.3, 0.999].map((r) => ({ expr,
+          set: randomExpression(params, () => r).filter((x, i) => params[i].group === 'expression' && x !== 0).length,
+          pick: Math.min(expr, 2 + Math.floor(r * 4)) }));
+    }""")
+    for c in counts:
+        assert c["expr"] >= 5 and c["set"] == c["pick"], counts
     viewer.page.locator("#presets button", has_text="neutral").click()
     assert not any(viewer.js("() => window.agora.getParams()"))
     # FLAME-style names: only what the jaw and eyelids can do

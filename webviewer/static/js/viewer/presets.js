@@ -47,13 +47,16 @@ export function buildPresets(parameters) {
   return out;
 }
 
-/** A random but sensible expression: a few expression units, sometimes the jaw or the eyelids. */
+/** A random but sensible expression: 2-5 distinct expression units, sometimes the jaw or the eyelids. */
 export function randomExpression(parameters, rng = Math.random) {
   const v = Float32Array.from(parameters.map((p) => p.default));
   const expr = parameters.map((p, i) => [p, i]).filter(([p]) => p.group === "expression");
   const pick = Math.min(expr.length, 2 + Math.floor(rng() * 4));
   for (let n = 0; n < pick; n++) {
-    const [p, i] = expr[Math.floor(rng() * expr.length)];
+    // a partial Fisher-Yates shuffle: unit n is drawn from those not drawn yet
+    const k = n + Math.floor(rng() * (expr.length - n));
+    [expr[n], expr[k]] = [expr[k], expr[n]];
+    const [p, i] = expr[n];
     if (p.min >= 0) v[i] = p.min + (0.35 + 0.65 * rng()) * (p.max - p.min);
     else v[i] = Math.min(p.max, Math.max(p.min, (2 * rng() - 1) * 0.6 * Math.max(-p.min, p.max)));
   }

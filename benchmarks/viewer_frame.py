@@ -14,17 +14,14 @@ times (each frame ended by a 1-pixel ``readPixels``: ``gl.finish`` does not wait
 * **scissor**: a small camera move, then the splat rendering with a 1-pixel scissor: the per-splat
   work alone (projection pass + vertex stage; almost no fragments);
 * **full**: the same with the whole canvas;
-* **orbit** and **animated**: the viewer's frame loop (``renderOnce``: animation if needed, sort
-  request to the worker, rendering; one macrotask between frames so orders arrive), each frame
-  moving the camera (orbit) or setting new expression parameters (animated); the figure is the
-  wall-clock interval per frame, so the worker's position update and sort count where they compete
-  for the CPU;
-* **redraw**: the still frame of an idle avatar, the splat rendering again with nothing changed
-  (after an untimed redraw that takes in any order that arrived meanwhile);
-
-  the three kinds of frame in turn in one call, so that ``animated / redraw`` (the cost of
-  animating against a still frame, the issue's animated/static) and ``animated / orbit`` (against
-  a frame that is drawn anyway) compare frames taken under the same load;
+* **orbit**, **animated** and **redraw**: the viewer's frame loop, the three kinds of frame in turn
+  in one call (one macrotask after each, so that sort orders arrive; the figure is the wall-clock
+  interval per frame, so the worker's position update and sort count where they compete for the
+  CPU): orbit moves the camera and animated sets new expression parameters (``renderOnce``:
+  animation if needed, sort request, rendering); redraw is the still frame of an idle avatar, the
+  splat rendering again with nothing changed (after an untimed redraw that takes in any order that
+  arrived meanwhile). ``animated / redraw`` is the cost of animating against a still frame (issue
+  18's animated/static), ``animated / orbit`` against a frame that is drawn anyway;
 * **blend**: new expression parameters, the MLP and blend passes alone;
 
 and counts the fragments of one full frame (shaded and kept; the current viewer only). With
@@ -36,8 +33,7 @@ same rounds: its scissor and full frames (its instanced draw). Prints a table an
 This machine's speed changes under the benchmark (a shared host: the same frame took 1.6x longer for
 tens of seconds at a time, at random), so every ratio is taken per round between figures timed back
 to back - current against baseline in the same mode, animated against redraw and orbit in the same
-call - and
-reported as the median over rounds with the lowest and highest round.
+call - and reported as the median over rounds with the lowest and highest round.
 
 Headless Chromium here renders WebGL2 with SwiftShader on the CPU: absolute numbers are CPU-rasteriser
 numbers; per-splat and per-fragment costs and their ratios are what carry over (roughly) to phones.

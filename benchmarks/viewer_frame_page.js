@@ -3,24 +3,20 @@
 // same code times the current viewer and an older revision served side by side:
 //   viewer.renderer.draw(view, background), viewer.renderOnce(), viewer.animate(), viewer.syncGpu(),
 //   viewer.camera.orbit(), viewer.params / paramsVersion, viewer.sorter.
-// One call times one mode: `frames` frames after `warmup`, each ended by a 1-pixel readPixels
-// (gl.finish does not wait under SwiftShader). Modes:
+// One call times one mode: `frames` frames (of each kind, for "loop") after `warmup`, each ended by
+// a 1-pixel readPixels (gl.finish does not wait under SwiftShader). Modes:
 //   scissor   the camera moves a little, then the splat rendering with a 1-pixel scissor: per-splat
 //             work only (projection + vertex stage), almost no fragments; order fixed;
 //   full      the camera moves a little, then the splat rendering of the whole canvas; order fixed;
-//   redraw    nothing changes, the splat rendering again (an earlier projection is reused if any);
-//   orbit     the frame loop: camera moved, viewer.renderOnce() (sort requests go to the worker,
-//             orders arrive while it runs), one macrotask between frames; the figure is the
-//             wall-clock interval per frame, worker contention included;
-//   animated  the same loop with new expression parameters every frame instead of a camera move;
-//   loop      orbit, animated and redraw frames in turn in one call (returns {orbit, animated,
-//             redraw}), so that their ratios compare frames taken under the same machine load; its
-//             redraw is the still frame of an idle avatar: one untimed redraw first takes in
-//             whatever order arrived since, then the timed one changes nothing (and is followed by
-//             one macrotask, like every frame of the loop);
+//   loop      the frame loop, three kinds of frame in turn (returns {orbit, animated, redraw}, so
+//             that their ratios compare frames taken under the same machine load), each followed by
+//             one macrotask so that sort orders arrive; the figure is the wall-clock interval per
+//             frame, worker contention included:
+//               orbit     camera moved, viewer.renderOnce() (sort requests go to the worker);
+//               animated  new expression parameters, viewer.renderOnce();
+//               redraw    the still frame of an idle avatar: one untimed redraw takes in whatever
+//                         order arrived since, then the timed one changes nothing;
 //   blend     new expression parameters, the MLP and blend passes alone (synced on their target).
-// `count: true` returns the fragments of one full frame instead (renderer.countFragments, where
-// the viewer has it).
 async (o) => {
   const viewer = window.agora.viewer;
   const gl = viewer.gl;
@@ -56,35 +52,29 @@ async (o) => {
     return r.countFragments ? r.countFragments(viewer.camera.view(w, h)) : null;
   }
   const times = [];
-  const animatedTimes = [];
-  const redrawTimes = [];
+  const kinds = ["orbit", "animated", "redraw"];
+  const loopTimes = { orbit: [], animated: [], redraw: [] };
   viewer.syncGpu(); // whatever an earlier call left queued is not this mode's
-  const mixed = o.mode === "loop";
-  const loop = mixed || o.mode === "orbit" || o.mode === "animated";
-  const perFrame = mixed ? 3 : 1;
+  const loop = o.mode === "loop";
   let serial = 1000 * (o.round || 0);
-  for (let f = 0; f < (o.warmup + o.frames) * perFrame; f++) {
-    const timed = f >= o.warmup * perFrame;
-    if (mixed && f % 3 === 2) {
-      const view = viewer.camera.view(w, h);
-      viewer.renderer.draw(view, viewer.background); // takes in an order that arrived meanwhile
-      viewer.syncGpu();
-      const t0 = performance.now();
-      viewer.renderer.draw(view, viewer.background);
-      viewer.syncGpu();
-      await nextTask(); // like the loop's other frames
-      if (timed) redrawTimes.push(performance.now() - t0);
-      continue;
-    }
+  for (let f = 0; f < (o.warmup + o.frames) * (loop ? kinds.length : 1); f++) {
     if (loop) {
-      const animating = mixed ? f % 3 === 1 : o.mode === "animated";
+      const kind = kinds[f % kinds.length];
+      const view = viewer.camera.view(w, h);
+      if (kind === "redraw") {
+        viewer.renderer.draw(view, viewer.background); // takes in an order that arrived meanwhile
+        viewer.syncGpu();
+      }
       const t0 = performance.now();
-      if (animating) newParams(++serial);
-      else moveCamera();
-      viewer.renderOnce();
+      if (kind === "redraw") viewer.renderer.draw(view, viewer.background);
+      else {
+        if (kind === "animated") newParams(++serial);
+        else moveCamera();
+        viewer.renderOnce();
+      }
       viewer.syncGpu();
       await nextTask();
-      if (timed) (mixed && animating ? animatedTimes : times).push(performance.now() - t0);
+      if (f >= o.warmup * kinds.length) loopTimes[kind].push(performance.now() - t0);
       continue;
     }
     if (o.mode === "blend") {
@@ -95,7 +85,7 @@ async (o) => {
       if (f >= o.warmup) times.push(performance.now() - t0);
       continue;
     }
-    if (o.mode !== "redraw") moveCamera();
+    moveCamera();
     const t0 = performance.now();
     const view = viewer.camera.view(w, h);
     if (o.mode === "scissor") {
@@ -111,5 +101,5 @@ async (o) => {
   viewer.renderOnce();
   await (viewer.settled ? viewer.settled() : viewer.sorter.settled());
   viewer.syncGpu();
-  return mixed ? { orbit: times, animated: animatedTimes, redraw: redrawTimes } : times;
+  return loop ? loopTimes : times;
 }

@@ -3,10 +3,10 @@
 //
 // Per frame: if the parameters or the identity changed, run the generator (MLP + blend) once and
 // start an asynchronous read-back of the animated positions (at most every `resortIntervalMs`, 100
-// ms by default: under animation the depth order is refreshed ~10 times a second, not every
-// frame; a moving camera re-sorts at once, with the latest positions); when read-back positions arrive or the
-// camera changed, ask the worker for a new order (asynchronously: the frame draws with the order it
-// has); then the splat rendering (projection pass if needed, splat pass). An idle avatar costs at
+// ms by default: under animation the depth order is refreshed ~10 times a second, not every frame;
+// a moving camera re-sorts at once, with the latest positions); when read-back positions arrive or
+// the camera changed, ask the worker for a new order (asynchronously: the frame draws with the order
+// it has); then the splat rendering (projection pass if needed, splat pass). An idle avatar costs at
 // most one splat pass per frame - none at all while nothing (camera, parameters, order, size)
 // changes, since the browser keeps showing the last frame.
 
